@@ -1,0 +1,2 @@
+//! Criterion benchmarks and the load-test driver for Portcullis; results are
+//! recorded in `benches/README.md`.
