@@ -57,7 +57,7 @@ pub use keys::{KeySet, KeyType, VerifyingKey};
 #[cfg(feature = "metrics")]
 pub use metrics::CoreMetrics;
 pub use source::{KeySnapshot, KeySource, KeySourceStatus, RemoteSourceBuilder};
-pub use validate::{Validator, ValidatorBuilder};
+pub use validate::{Validator, ValidatorBuilder, verify_jws};
 
 #[doc(hidden)]
 pub mod __fuzz {

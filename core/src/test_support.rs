@@ -428,3 +428,24 @@ async fn respond(
         .body(Full::new(Bytes::from(body)))
         .unwrap())
 }
+
+/// Path of a file under `../shared/fixtures/` beside the checkout (or
+/// under `$PORTCULLIS_FIXTURES` when set).
+///
+/// Returns `None` after printing that the test is skipped when the file is
+/// missing — except under `CI=true`, where a missing fixture is a failure.
+pub fn shared_fixture(relative: &str) -> Option<std::path::PathBuf> {
+    let base = match std::env::var_os("PORTCULLIS_FIXTURES") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"),
+    };
+    let path = base.join(relative);
+    if path.is_file() {
+        return Some(path);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("fixture {} is missing (required under CI=true)", path.display());
+    }
+    eprintln!("skipped: fixture {} is missing", path.display());
+    None
+}

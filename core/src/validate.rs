@@ -11,7 +11,8 @@ use crate::claims::AccessClaims;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{ConfigError, ValidationError, sanitize};
 use crate::extract::Extractor;
-use crate::jws::{asymmetric_alg, decode_b64, parse_compact, parse_strict_json};
+use crate::jws::{Compact, asymmetric_alg, decode_b64, parse_compact, parse_strict_json};
+use crate::keys::KeySet;
 use crate::source::KeySource;
 use crate::wire::{CERTS_PATH, claims as names};
 
@@ -425,30 +426,10 @@ impl Validator {
                 }));
             }
         };
-        let kid = compact.header.kid.as_deref();
-        let Some(key) = snapshot.keys().find(kid) else {
-            return if kid.is_none() && snapshot.keys().len() > 1 {
-                Attempt::Done(Err(ValidationError::UnknownKey { kid: None }))
-            } else {
-                Attempt::KeyMissing {
-                    kid: kid.map(sanitize),
-                }
-            };
-        };
-        if !key.accepts(alg) {
-            return Attempt::Done(Err(ValidationError::DisallowedAlgorithm {
-                alg: sanitize(&compact.header.alg),
-                key_mismatch: true,
-            }));
-        }
-        match jsonwebtoken::crypto::verify(
-            compact.signature_b64,
-            compact.signing_input.as_bytes(),
-            key.decoding_key(),
-            alg,
-        ) {
-            Ok(true) => {}
-            Ok(false) | Err(_) => return Attempt::Done(Err(ValidationError::BadSignature)),
+        match verify_parsed(&compact, alg, snapshot.keys()) {
+            Ok(()) => {}
+            Err(KeyStep::Missing { kid }) => return Attempt::KeyMissing { kid },
+            Err(KeyStep::Refused(e)) => return Attempt::Done(Err(e)),
         }
         let claims = match decode_b64(compact.payload_b64).and_then(|bytes| parse_claims(&bytes)) {
             Ok(c) => Arc::new(c),
@@ -513,6 +494,64 @@ impl ValidatorBuilder {
         let this = self;
         this.build()
     }
+}
+
+enum KeyStep {
+    /// No key with this kid is loaded (a refresh may help).
+    Missing { kid: Option<String> },
+    Refused(ValidationError),
+}
+
+/// Key selection and signature check for a parsed token whose `alg` has
+/// already passed the allow-list.
+fn verify_parsed(compact: &Compact<'_>, alg: Algorithm, keys: &KeySet) -> Result<(), KeyStep> {
+    let kid = compact.header.kid.as_deref();
+    let Some(key) = keys.find(kid) else {
+        return Err(if kid.is_none() && keys.len() > 1 {
+            KeyStep::Refused(ValidationError::UnknownKey { kid: None })
+        } else {
+            KeyStep::Missing { kid: kid.map(sanitize) }
+        });
+    };
+    if !key.accepts(alg) {
+        return Err(KeyStep::Refused(ValidationError::DisallowedAlgorithm {
+            alg: sanitize(&compact.header.alg),
+            key_mismatch: true,
+        }));
+    }
+    match jsonwebtoken::crypto::verify(
+        compact.signature_b64,
+        compact.signing_input.as_bytes(),
+        key.decoding_key(),
+        alg,
+    ) {
+        Ok(true) => Ok(()),
+        Ok(false) | Err(_) => Err(KeyStep::Refused(ValidationError::BadSignature)),
+    }
+}
+
+/// Verifies a compact JWS against a key set — the key-selection and
+/// signature layer of [`Validator`] without any claim checks — and returns
+/// the decoded payload.
+///
+/// For JWS that are not Access tokens (and for conformance tests); to
+/// validate an Access token use [`Validator::validate`].
+pub fn verify_jws(token: &str, keys: &KeySet, algorithms: &[Algorithm]) -> Result<Vec<u8>, ValidationError> {
+    let compact = parse_compact(token)?;
+    let alg = match asymmetric_alg(&compact.header.alg) {
+        Ok(alg) if algorithms.contains(&alg) => alg,
+        _ => {
+            return Err(ValidationError::DisallowedAlgorithm {
+                alg: sanitize(&compact.header.alg),
+                key_mismatch: false,
+            });
+        }
+    };
+    verify_parsed(&compact, alg, keys).map_err(|step| match step {
+        KeyStep::Missing { kid } => ValidationError::UnknownKey { kid },
+        KeyStep::Refused(e) => e,
+    })?;
+    decode_b64(compact.payload_b64)
 }
 
 fn token_hash(token: &str) -> [u8; 32] {
