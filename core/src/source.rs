@@ -182,8 +182,10 @@ enum Origin {
 struct Progress {
     last_error: Option<String>,
     last_success: Option<SystemTime>,
-    /// When the last forced (unknown kid / not loaded) refresh was attempted.
-    last_forced: Option<Instant>,
+    /// When the last refresh forced by an unknown kid was attempted.
+    last_unknown_kid: Option<Instant>,
+    /// When the last fetch forced by "no keys loaded yet" was attempted.
+    last_initial: Option<Instant>,
     /// Consecutive failures, for the background retry backoff.
     failures: u32,
 }
@@ -342,23 +344,31 @@ impl KeySource {
     }
 
     /// Called when a token names a `kid` that is not loaded, or when no key
-    /// is loaded at all: refreshes unless a forced refresh happened within
-    /// the interval. Returns after any in-flight fetch has finished.
+    /// is loaded at all: refreshes unless a refresh for the same reason was
+    /// attempted within the interval. Returns after any in-flight fetch has
+    /// finished. The two reasons are limited separately, so the first load
+    /// does not delay the pick-up of a rotated key.
     pub(crate) async fn refresh_for_unknown_kid(&self) {
         let Origin::Remote(remote) = &self.inner.origin else {
             return;
         };
+        let loaded = self.inner.current.load().is_loaded();
         let allowed = {
             let mut progress = self
                 .inner
                 .progress
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
+            let last = if loaded {
+                &mut progress.last_unknown_kid
+            } else {
+                &mut progress.last_initial
+            };
             let now = Instant::now();
-            match progress.last_forced {
+            match *last {
                 Some(t) if now.duration_since(t) < remote.unknown_kid_interval => false,
                 _ => {
-                    progress.last_forced = Some(now);
+                    *last = Some(now);
                     true
                 }
             }

@@ -444,7 +444,10 @@ pub fn shared_fixture(relative: &str) -> Option<std::path::PathBuf> {
         return Some(path);
     }
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("fixture {} is missing (required under CI=true)", path.display());
+        panic!(
+            "fixture {} is missing (required under CI=true)",
+            path.display()
+        );
     }
     eprintln!("skipped: fixture {} is missing", path.display());
     None

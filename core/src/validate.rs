@@ -498,7 +498,9 @@ impl ValidatorBuilder {
 
 enum KeyStep {
     /// No key with this kid is loaded (a refresh may help).
-    Missing { kid: Option<String> },
+    Missing {
+        kid: Option<String>,
+    },
     Refused(ValidationError),
 }
 
@@ -510,7 +512,9 @@ fn verify_parsed(compact: &Compact<'_>, alg: Algorithm, keys: &KeySet) -> Result
         return Err(if kid.is_none() && keys.len() > 1 {
             KeyStep::Refused(ValidationError::UnknownKey { kid: None })
         } else {
-            KeyStep::Missing { kid: kid.map(sanitize) }
+            KeyStep::Missing {
+                kid: kid.map(sanitize),
+            }
         });
     };
     if !key.accepts(alg) {
@@ -536,7 +540,11 @@ fn verify_parsed(compact: &Compact<'_>, alg: Algorithm, keys: &KeySet) -> Result
 ///
 /// For JWS that are not Access tokens (and for conformance tests); to
 /// validate an Access token use [`Validator::validate`].
-pub fn verify_jws(token: &str, keys: &KeySet, algorithms: &[Algorithm]) -> Result<Vec<u8>, ValidationError> {
+pub fn verify_jws(
+    token: &str,
+    keys: &KeySet,
+    algorithms: &[Algorithm],
+) -> Result<Vec<u8>, ValidationError> {
     let compact = parse_compact(token)?;
     let alg = match asymmetric_alg(&compact.header.alg) {
         Ok(alg) if algorithms.contains(&alg) => alg,

@@ -26,9 +26,14 @@ fn at_issue_time(source: KeySource, issuer: &str, aud: &str) -> Validator {
 
 #[tokio::test]
 async fn accepted_at_its_own_time_with_claims_exposed() {
-    let Some((token, source)) = fixture() else { return };
+    let Some((token, source)) = fixture() else {
+        return;
+    };
     assert_eq!(source.snapshot().keys().len(), 2);
-    let claims = at_issue_time(source, ISSUER, AUD).validate(&token).await.unwrap();
+    let claims = at_issue_time(source, ISSUER, AUD)
+        .validate(&token)
+        .await
+        .unwrap();
     assert_eq!(claims.iss, ISSUER);
     assert_eq!(claims.aud, vec![AUD]);
     assert!(claims.email.as_deref().is_some_and(|e| e.contains('@')));
@@ -43,26 +48,42 @@ async fn accepted_at_its_own_time_with_claims_exposed() {
 
 #[tokio::test]
 async fn refused_as_expired_now_which_proves_the_signature_checked_out() {
-    let Some((token, source)) = fixture() else { return };
+    let Some((token, source)) = fixture() else {
+        return;
+    };
     let validator = Validator::builder(ISSUER)
         .audience(AUD)
         .key_source(source)
         .clock(Arc::new(SystemClock))
         .build()
         .unwrap();
-    assert_eq!(validator.validate(&token).await.unwrap_err().code(), ErrorCode::Expired);
+    assert_eq!(
+        validator.validate(&token).await.unwrap_err().code(),
+        ErrorCode::Expired
+    );
 }
 
 #[tokio::test]
 async fn another_audience_or_issuer_is_refused() {
-    let Some((token, source)) = fixture() else { return };
+    let Some((token, source)) = fixture() else {
+        return;
+    };
     let other_aud = at_issue_time(source.clone(), ISSUER, &AUD.replace('4', "5"));
-    assert_eq!(other_aud.validate(&token).await.unwrap_err().code(), ErrorCode::WrongAudience);
+    assert_eq!(
+        other_aud.validate(&token).await.unwrap_err().code(),
+        ErrorCode::WrongAudience
+    );
     // A prefix or substring of the real AUD is not a match.
     let prefix = at_issue_time(source.clone(), ISSUER, &AUD[..32]);
-    assert_eq!(prefix.validate(&token).await.unwrap_err().code(), ErrorCode::WrongAudience);
+    assert_eq!(
+        prefix.validate(&token).await.unwrap_err().code(),
+        ErrorCode::WrongAudience
+    );
     let other_iss = at_issue_time(source.clone(), "https://other.cloudflareaccess.com", AUD);
-    assert_eq!(other_iss.validate(&token).await.unwrap_err().code(), ErrorCode::WrongIssuer);
+    assert_eq!(
+        other_iss.validate(&token).await.unwrap_err().code(),
+        ErrorCode::WrongIssuer
+    );
     // The trailing slash of a configured team domain is normalised away.
     let slash = at_issue_time(source, "https://molten.cloudflareaccess.com/", AUD);
     assert!(slash.validate(&token).await.is_ok());
@@ -70,7 +91,9 @@ async fn another_audience_or_issuer_is_refused() {
 
 #[tokio::test]
 async fn team_name_constructor_gives_the_cloudflare_issuer() {
-    let Some((token, source)) = fixture() else { return };
+    let Some((token, source)) = fixture() else {
+        return;
+    };
     let validator = Validator::from_team_name("molten")
         .audience(AUD)
         .key_source(source)
@@ -82,13 +105,18 @@ async fn team_name_constructor_gives_the_cloudflare_issuer() {
 
 #[tokio::test]
 async fn a_tampered_fixture_payload_is_a_bad_signature() {
-    let Some((token, source)) = fixture() else { return };
+    let Some((token, source)) = fixture() else {
+        return;
+    };
     let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let payload = String::from_utf8(b64.decode(&parts[1]).unwrap()).unwrap();
     parts[1] = b64.encode(payload.replace("\"AU\"", "\"US\""));
     let forged = parts.join(".");
-    let err = at_issue_time(source, ISSUER, AUD).validate(&forged).await.unwrap_err();
+    let err = at_issue_time(source, ISSUER, AUD)
+        .validate(&forged)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::BadSignature);
 }

@@ -24,10 +24,26 @@ const ALL_ASYMMETRIC: [Algorithm; 9] = [
 
 /// Known quirks of the vector file (see its README), with core's verdict.
 const OVERRIDES: &[(u64, bool, &str)] = &[
-    (367, true, "byte-identical to valid tcId 357 but marked invalid"),
-    (370, true, "byte-identical to valid tcId 357 but marked invalid"),
-    (372, false, "contains a literal '?' (not base64url) yet is marked valid"),
-    (373, false, "contains a literal '?' (not base64url) yet is marked valid"),
+    (
+        367,
+        true,
+        "byte-identical to valid tcId 357 but marked invalid",
+    ),
+    (
+        370,
+        true,
+        "byte-identical to valid tcId 357 but marked invalid",
+    ),
+    (
+        372,
+        false,
+        "contains a literal '?' (not base64url) yet is marked valid",
+    ),
+    (
+        373,
+        false,
+        "contains a literal '?' (not base64url) yet is marked valid",
+    ),
 ];
 
 /// Valid vectors outside core's algorithm set or JWK rules, by group comment
@@ -55,19 +71,25 @@ fn header_alg(jws: &str) -> String {
 
 #[test]
 fn every_verdict_matches_but_the_documented_quirks() {
-    let Some(path) = shared_fixture("wycheproof/json_web_signature_test.json") else { return };
+    let Some(path) = shared_fixture("wycheproof/json_web_signature_test.json") else {
+        return;
+    };
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let (mut checked, mut overridden, mut hmac_only) = (0, 0, 0);
     let mut mismatches = Vec::new();
     for group in doc["testGroups"].as_array().unwrap() {
-        let keys = group.get("public").map(|jwk| KeySet::from_jwks(std::slice::from_ref(jwk)));
+        let keys = group
+            .get("public")
+            .map(|jwk| KeySet::from_jwks(std::slice::from_ref(jwk)));
         let group_alg = group.pointer("/public/alg").and_then(Value::as_str);
         for test in group["tests"].as_array().unwrap() {
             let id = test["tcId"].as_u64().unwrap();
             let jws = test["jws"].as_str().unwrap();
             let expected_valid = test["result"] == "valid";
             let verdict = match &keys {
-                Some(Ok(keys)) => verify_jws(jws, keys, &ALL_ASYMMETRIC).map(|_| ()).map_err(|_| ()),
+                Some(Ok(keys)) => verify_jws(jws, keys, &ALL_ASYMMETRIC)
+                    .map(|_| ())
+                    .map_err(|_| ()),
                 // The only key is unusable for verification (use:"enc",
                 // key_ops without "verify"): nothing may verify.
                 Some(Err(_)) => Err(()),
@@ -83,7 +105,10 @@ fn every_verdict_matches_but_the_documented_quirks() {
                     if group["comment"] == "base64" {
                         if well_formed { Ok(()) } else { Err(()) }
                     } else {
-                        assert!(!expected_valid || well_formed, "tcId {id}: valid HMAC token refused as {err}");
+                        assert!(
+                            !expected_valid || well_formed,
+                            "tcId {id}: valid HMAC token refused as {err}"
+                        );
                         checked += 1;
                         continue;
                     }
@@ -91,16 +116,20 @@ fn every_verdict_matches_but_the_documented_quirks() {
             };
             let accepted = verdict.is_ok();
             if let Some((_, ours, why)) = OVERRIDES.iter().find(|(t, _, _)| *t == id) {
-                assert_eq!(accepted, *ours, "override for tcId {id} ({why}) no longer holds");
+                assert_eq!(
+                    accepted, *ours,
+                    "override for tcId {id} ({why}) no longer holds"
+                );
                 overridden += 1;
                 continue;
             }
-            if expected_valid && !accepted {
-                if let Some(why) = out_of_scope(&header_alg(jws), group_alg) {
-                    eprintln!("tcId {id}: out of scope: {why}");
-                    overridden += 1;
-                    continue;
-                }
+            if expected_valid
+                && !accepted
+                && let Some(why) = out_of_scope(&header_alg(jws), group_alg)
+            {
+                eprintln!("tcId {id}: out of scope: {why}");
+                overridden += 1;
+                continue;
             }
             if accepted != expected_valid {
                 mismatches.push(format!(
@@ -113,9 +142,17 @@ fn every_verdict_matches_but_the_documented_quirks() {
             checked += 1;
         }
     }
-    assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
     assert_eq!(checked + overridden, 401, "every vector is looked at");
-    assert!(overridden <= 8, "the override list must stay short ({overridden})");
+    assert!(
+        overridden <= 8,
+        "the override list must stay short ({overridden})"
+    );
     assert!(hmac_only > 0);
     eprintln!("{checked} verdicts matched, {overridden} documented quirks");
 }
