@@ -1,0 +1,546 @@
+//! Listening, serving, reloading and shutting down.
+//!
+//! The live configuration is one immutable [`Generation`] behind an
+//! `ArcSwap`: each request loads it once (lock-free), so a SIGHUP reload
+//! never disturbs requests or connections in flight. A new configuration
+//! that does not validate is refused with a logged reason and the old one
+//! stays.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use portcullis_core::{ErrorCode, KeySource};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{Cli, Settings, SettingsError};
+use crate::metrics::Metrics;
+use crate::pipeline;
+use crate::proxy::Forwarder;
+use crate::response::{self, Body};
+use crate::routes::RouteTable;
+
+/// One immutable generation of configuration: settings, routes with their
+/// validators, the key source and the upstream client.
+#[derive(Debug)]
+pub struct Generation {
+    settings: Settings,
+    routes: RouteTable,
+    keys: KeySource,
+    forwarder: Forwarder,
+}
+
+impl Generation {
+    /// Builds validators and the client for `settings`.
+    pub fn build(
+        settings: Settings,
+        keys: KeySource,
+        metrics: &Metrics,
+    ) -> Result<Self, SettingsError> {
+        let routes = RouteTable::build(
+            settings.default_route.as_ref(),
+            &settings.routes,
+            &settings.team_domain,
+            &keys,
+            settings.max_token_bytes,
+            &metrics.core,
+        )?;
+        let forwarder = Forwarder::new(
+            settings.connect_timeout,
+            settings.read_timeout,
+            settings.idle_timeout,
+        );
+        Ok(Generation {
+            settings,
+            routes,
+            keys,
+            forwarder,
+        })
+    }
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+    /// The routes.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+    /// The key source shared by every route.
+    pub fn keys(&self) -> &KeySource {
+        &self.keys
+    }
+    /// The upstream client.
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
+    }
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    Settings(SettingsError),
+    /// A listener could not be bound.
+    Bind {
+        /// Which setting.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Metrics could not be registered, or signals not installed.
+    Internal(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Settings(e) => write!(f, "{e}"),
+            StartError::Bind { key, addr, source } => {
+                write!(f, "{key}: cannot listen on {addr}: {source}")
+            }
+            StartError::Internal(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<SettingsError> for StartError {
+    fn from(e: SettingsError) -> Self {
+        StartError::Settings(e)
+    }
+}
+
+struct Shared {
+    current: ArcSwap<Generation>,
+    metrics: Metrics,
+    cli: Cli,
+    reload_lock: Mutex<()>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// A started sidecar: its bound addresses, reload and shutdown.
+pub struct Running {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("addr", &self.addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// Where proxied requests are accepted.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+    /// The live configuration.
+    pub fn generation(&self) -> Arc<Generation> {
+        self.shared.current.load_full()
+    }
+
+    /// Re-reads the config file (flags and environment as at start) and
+    /// swaps it in. On error the old configuration stays and the reason is
+    /// logged and returned. Listen addresses, the log format and the header
+    /// cap need a restart; changes to them are logged and ignored.
+    pub fn reload(&self) -> Result<(), SettingsError> {
+        let shared = &self.shared;
+        let _serial = shared.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old = shared.current.load_full();
+        let result = Settings::load(&shared.cli).and_then(|mut settings| {
+            let o = &old.settings;
+            let fixed = [
+                ("listen", settings.listen != o.listen),
+                ("admin_listen", settings.admin_listen != o.admin_listen),
+                ("log_format", settings.log_format != o.log_format),
+                (
+                    "max_header_bytes",
+                    settings.max_header_bytes != o.max_header_bytes,
+                ),
+                ("idle_timeout", settings.idle_timeout != o.idle_timeout),
+                (
+                    "shutdown_timeout",
+                    settings.shutdown_timeout != o.shutdown_timeout,
+                ),
+            ];
+            for (key, changed) in fixed {
+                if changed {
+                    tracing::warn!(
+                        key,
+                        "changing this setting needs a restart; keeping the running value"
+                    );
+                }
+            }
+            settings.listen = o.listen;
+            settings.admin_listen = o.admin_listen;
+            settings.log_format = o.log_format;
+            settings.max_header_bytes = o.max_header_bytes;
+            settings.idle_timeout = o.idle_timeout;
+            settings.shutdown_timeout = o.shutdown_timeout;
+            let keys = if settings.certs_url == o.certs_url {
+                old.keys.clone()
+            } else {
+                new_key_source(&settings, &shared.metrics, &shared.shutdown)?
+            };
+            Generation::build(settings, keys, &shared.metrics)
+        });
+        match result {
+            Ok(generation) => {
+                shared.current.store(Arc::new(generation));
+                shared.metrics.reloads.with_label_values(&["success"]).inc();
+                tracing::info!("configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                shared.metrics.reloads.with_label_values(&["error"]).inc();
+                tracing::error!(key = %e.key, reason = %e.message, "configuration reload refused; the previous configuration stays");
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the shutdown
+    /// timeout) and returns.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+fn new_key_source(
+    settings: &Settings,
+    metrics: &Metrics,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<KeySource, SettingsError> {
+    let keys = KeySource::remote(settings.certs_url.clone())
+        .build()
+        .map_err(|e| SettingsError {
+            key: "certs_url (--certs-url / PORTCULLIS_CERTS_URL)".into(),
+            message: e.to_string(),
+        })?;
+    keys.set_metrics(metrics.core.clone());
+    tokio::spawn(load_keys(keys.clone(), shutdown.clone()));
+    Ok(keys)
+}
+
+/// Fetches the keys until a first load succeeds (with backoff); after that
+/// core's own refresher keeps them fresh.
+async fn load_keys(keys: KeySource, mut shutdown: watch::Receiver<bool>) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        if keys.status().loaded {
+            return;
+        }
+        if keys.refresh().await.is_ok() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Validates nothing further: binds, spawns the servers and returns.
+pub async fn start(cli: Cli, settings: Settings) -> Result<Running, StartError> {
+    let metrics = Metrics::new().map_err(|e| StartError::Internal(format!("metrics: {e}")))?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            key: "listen",
+            addr: settings.listen,
+            source,
+        })?;
+    let admin_listener = TcpListener::bind(settings.admin_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            key: "admin_listen",
+            addr: settings.admin_listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Internal(e.to_string()))?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|e| StartError::Internal(e.to_string()))?;
+
+    let mut proxy_builder = http1::Builder::new();
+    proxy_builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.idle_timeout)
+        .max_header_size(settings.max_header_bytes)
+        .max_buf_size(settings.max_header_bytes.max(8192) * 2);
+    let mut admin_builder = http1::Builder::new();
+    admin_builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_header_size(16 * 1024);
+    let drain = settings.shutdown_timeout;
+    let mode = settings.mode;
+
+    let keys = new_key_source(&settings, &metrics, &shutdown_rx)?;
+    let generation = Generation::build(settings, keys, &metrics)?;
+    let shared = Arc::new(Shared {
+        current: ArcSwap::from_pointee(generation),
+        metrics,
+        cli,
+        reload_lock: Mutex::new(()),
+        shutdown: shutdown_rx.clone(),
+    });
+
+    let mut tasks = JoinSet::new();
+    let proxy_shared = shared.clone();
+    tasks.spawn(accept_loop(
+        listener,
+        proxy_builder,
+        shutdown_rx.clone(),
+        drain,
+        move |peer| {
+            let shared = proxy_shared.clone();
+            service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(serve_request(shared, peer, req).await) }
+            })
+        },
+    ));
+    let admin_shared = shared.clone();
+    tasks.spawn(accept_loop(
+        admin_listener,
+        admin_builder,
+        shutdown_rx,
+        drain,
+        move |_peer| {
+            let shared = admin_shared.clone();
+            service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(serve_admin(&shared, &req)) }
+            })
+        },
+    ));
+    tracing::info!(addr = %addr, admin_addr = %admin_addr, mode = ?mode, "listening");
+    Ok(Running {
+        shared,
+        addr,
+        admin_addr,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+/// Starts the sidecar and serves until SIGTERM or SIGINT; SIGHUP reloads
+/// the config file.
+pub async fn run(cli: Cli, settings: Settings) -> Result<(), StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let install = |kind| {
+        signal(kind)
+            .map_err(|e| StartError::Internal(format!("cannot install signal handlers: {e}")))
+    };
+    let mut hup = install(SignalKind::hangup())?;
+    let mut term = install(SignalKind::terminate())?;
+    let mut int = install(SignalKind::interrupt())?;
+    let running = start(cli, settings).await?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = running.reload();
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down; draining in-flight requests");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn accept_loop<F, S>(
+    listener: TcpListener,
+    builder: http1::Builder,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+    make_service: F,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stopped(&mut shutdown) => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(ok) => ok,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), make_service(peer))
+                    .with_upgrades();
+                let mut stop = shutdown.clone();
+                connections.spawn(async move {
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        _ = connection.as_mut() => {}
+                        _ = stopped(&mut stop) => {
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
+                        }
+                    }
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(drain, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            remaining = connections.len(),
+            "shutdown timeout reached; closing remaining connections"
+        );
+        connections.abort_all();
+    }
+}
+
+/// Resolves once shutdown has been requested (or the sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+const MAX_LOGGED: usize = 256;
+
+fn clip(s: &str) -> &str {
+    match s.char_indices().nth(MAX_LOGGED) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+async fn serve_request(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let generation = shared.current.load_full();
+    let method = request.method().clone();
+    let host = pipeline::routing_host(request.headers(), request.uri(), generation.settings().mode)
+        .map(|h| clip(h).to_owned())
+        .unwrap_or_default();
+    let path = clip(request.uri().path()).to_owned();
+    let (response, decision) = pipeline::handle(generation, peer, request).await;
+    let latency = started.elapsed();
+    let route = decision.route.as_ref().map_or("none", |r| r.name());
+    let code = decision.code.map_or("ok", ErrorCode::as_str);
+    let status = response.status();
+    let metrics = &shared.metrics;
+    metrics
+        .requests
+        .with_label_values(&[route, status.as_str(), code])
+        .inc();
+    metrics
+        .latency
+        .with_label_values(&[route])
+        .observe(latency.as_secs_f64());
+    if matches!(
+        decision.code,
+        Some(ErrorCode::UpstreamUnavailable | ErrorCode::UpstreamTimeout)
+    ) {
+        metrics
+            .upstream_errors
+            .with_label_values(&[route, code])
+            .inc();
+    }
+    tracing::info!(
+        target: "portcullis_sidecar::access",
+        method = %method,
+        host = %host,
+        path = %path,
+        status = status.as_u16(),
+        code,
+        user = decision.user.as_deref().unwrap_or("-"),
+        route,
+        client = %peer.ip(),
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+fn serve_admin(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
+    match request.uri().path() {
+        "/metrics" => response::text(
+            StatusCode::OK,
+            shared.metrics.render(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        "/healthz" => response::text(StatusCode::OK, "ok\n", "text/plain; charset=utf-8"),
+        "/readyz" => {
+            let status = shared.current.load().keys.status();
+            let ready = status.is_fresh();
+            let body = serde_json::json!({
+                "ready": ready,
+                "keys_loaded": status.loaded,
+                "key_count": status.key_count,
+                "key_age_secs": status.age.map(|a| a.as_secs()),
+                "key_max_age_secs": status.max_age.map(|a| a.as_secs()),
+                "last_error": status.last_error,
+            });
+            let code = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            response::text(code, body.to_string(), "application/json")
+        }
+        _ => response::text(
+            StatusCode::NOT_FOUND,
+            "not found\n",
+            "text/plain; charset=utf-8",
+        ),
+    }
+}
