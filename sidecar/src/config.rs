@@ -19,6 +19,9 @@
 //! assert_eq!(settings.certs_url, "https://acme.cloudflareaccess.com/cdn-cgi/access/certs");
 //! ```
 
+// The flag docs are also the `--help` text, where URLs must stay plain.
+#![allow(rustdoc::bare_urls)]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
