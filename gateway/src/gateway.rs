@@ -1,0 +1,551 @@
+//! The request pipeline of the public listener: route by `Host`, find the
+//! caller (service credentials or an app token), evaluate the app's
+//! policies, audit the decision, and forward or refuse.
+//!
+//! Stages, in order:
+//! 1. the team domain serves `/cdn-cgi/access/certs`;
+//! 2. the app is chosen by host (and optional path prefix) — none: 404 `unknown_host`;
+//! 3. service credentials, when present, must authenticate (401
+//!    `bad_credentials`; 429 `rate_limited` after repeated failures);
+//!    otherwise an app token from `cf-access-token`,
+//!    `Cf-Access-Jwt-Assertion` or the `CF_Authorization` cookie is
+//!    validated with portcullis-core against the gateway's own keys;
+//! 4. policies decide (see [`crate::policy`]);
+//! 5. the request goes to the origin with spoofable identity headers
+//!    stripped and the app token added; a token issued at admission is
+//!    also set as the app's `CF_Authorization` cookie.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{COOKIE, HOST, SET_COOKIE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use portcullis_core::wire::{
+    ACCESS_TOKEN_HEADER, AUTHENTICATED_USER_EMAIL_HEADER, AUTHORIZATION_COOKIE, CERTS_PATH,
+    CLIENT_ID_HEADER, CLIENT_SECRET_HEADER, JWT_ASSERTION_HEADER,
+};
+use portcullis_core::{AccessClaims, ErrorCode, ValidationError};
+
+use crate::audit::AuditSink;
+use crate::config::{AppConfig, Config};
+use crate::identity::{Principal, RequestContext, ServiceIdentity, UserIdentity};
+use crate::issue::TokenIssuer;
+use crate::keys::KeyManager;
+use crate::metrics::Metrics;
+use crate::policy::{Decision, Outcome, evaluate};
+use crate::proxy::{Forwarder, Outgoing, remove_hop_by_hop};
+use crate::ratelimit::FailureLimiter;
+use crate::response::{Body, rejection, rejection_with};
+use crate::service_tokens::ServiceTokens;
+use crate::store::{AuditRecord, Storage};
+
+/// An app with its AUD tag.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// Its configuration.
+    pub config: AppConfig,
+    /// Its AUD tag (64 hex).
+    pub aud: String,
+}
+
+/// Everything a request needs, shared by all connections.
+pub struct Gateway {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Storage.
+    pub store: Arc<dyn Storage>,
+    /// Signing keys.
+    pub keys: Arc<KeyManager>,
+    /// Service tokens.
+    pub tokens: Arc<ServiceTokens>,
+    /// App token issuance and reuse.
+    pub issuer: TokenIssuer,
+    /// Apps in config order.
+    pub apps: Vec<App>,
+    /// Failed-credential limits.
+    pub limiter: FailureLimiter,
+    /// The audit queue.
+    pub audit: AuditSink,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The origin client.
+    pub forwarder: Forwarder,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("apps", &self.apps.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the caller was established.
+enum Admission {
+    /// Service credentials authenticated; a token is issued for them.
+    Credentials(ServiceIdentity),
+    /// A valid app token was presented.
+    Token {
+        claims: Arc<AccessClaims>,
+        token: String,
+    },
+    /// Nothing (or something invalid) was presented.
+    None(Option<ErrorCode>),
+}
+
+/// The request's host, lowercased, from `Host` or the URI authority.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+        .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+fn path_matches(path: &str, prefix: &str) -> bool {
+    prefix.is_empty()
+        || path == prefix
+        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+impl Gateway {
+    /// The app serving `host` and `path`: exact host (port included when
+    /// the app names one), longest path prefix.
+    pub fn route(&self, host: &str, path: &str) -> Option<&App> {
+        let bare = strip_port(host);
+        self.apps
+            .iter()
+            .filter(|a| {
+                let h = &a.config.host;
+                if a.config.host_has_port {
+                    h == host
+                } else {
+                    h == bare
+                }
+            })
+            .filter(|a| path_matches(path, &a.config.path_prefix))
+            .max_by_key(|a| a.config.path_prefix.len())
+    }
+
+    /// Handles one request of the public listener.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let response = self.dispatch(req, peer).await;
+        self.metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn dispatch(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let Some(host) = request_host(&req) else {
+            return rejection(ErrorCode::UnknownHost);
+        };
+        if host == self.config.server.team_host {
+            return self.team_domain(&req);
+        }
+        let Some(app) = self.route(&host, req.uri().path()) else {
+            self.metrics
+                .requests
+                .with_label_values(&["", "deny", ErrorCode::UnknownHost.as_str()])
+                .inc();
+            return rejection(ErrorCode::UnknownHost);
+        };
+        let span = tracing::info_span!("request", app = %app.config.name, method = %req.method());
+        let _enter = span.enter();
+        self.admit_and_forward(app, req, peer).await
+    }
+
+    fn team_domain(&self, req: &Request<Incoming>) -> Response<Body> {
+        if req.uri().path() == CERTS_PATH && matches!(*req.method(), Method::GET | Method::HEAD) {
+            let doc = self.keys.ring().certs_document(crate::clock::now());
+            let mut response = crate::response::json(StatusCode::OK, &doc);
+            let max_age = self.config.keys.certs_max_age.as_secs();
+            if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+                response
+                    .headers_mut()
+                    .insert(http::header::CACHE_CONTROL, v);
+            }
+            return response;
+        }
+        rejection_with(
+            ErrorCode::UnknownHost,
+            "Nothing is served at this path of the team domain.",
+        )
+    }
+
+    async fn admission(
+        &self,
+        app: &App,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Result<Admission, ErrorCode> {
+        let now = crate::clock::now();
+        match crate::credentials::extract(headers, app.config.service_token_header.as_ref()) {
+            Err(problem) => {
+                tracing::info!(?problem, "unusable service credential headers");
+                return Err(ErrorCode::BadCredentials);
+            }
+            Ok(Some(creds)) => {
+                if self.limiter.is_limited(&creds.client_id, peer.ip()) {
+                    return Err(ErrorCode::RateLimited);
+                }
+                return match self
+                    .tokens
+                    .authenticate(&creds.client_id, &creds.client_secret, now)
+                    .await
+                {
+                    Ok(identity) => Ok(Admission::Credentials(identity)),
+                    Err(failure) => {
+                        tracing::info!(?failure, "service credentials refused");
+                        self.limiter.record_failure(&creds.client_id, peer.ip());
+                        Err(ErrorCode::BadCredentials)
+                    }
+                };
+            }
+            Ok(None) => {}
+        }
+        let token = headers
+            .get(ACCESS_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .or_else(|| portcullis_core::extract_token(headers));
+        let Some(token) = token else {
+            return Ok(Admission::None(None));
+        };
+        let ring = self.keys.ring();
+        let Some(validator) = ring.validator() else {
+            return Ok(Admission::None(Some(ErrorCode::KeysUnavailable)));
+        };
+        let claims = match validator.validate(token).await {
+            Ok(c) => c,
+            Err(e) => return Ok(Admission::None(Some(e.code()))),
+        };
+        if !claims.aud.iter().any(|a| a == &app.aud) {
+            return Ok(Admission::None(Some(ValidationError::WrongAudience.code())));
+        }
+        if !claims.is_app_token() {
+            return Ok(Admission::None(Some(ErrorCode::MalformedToken)));
+        }
+        Ok(Admission::Token {
+            claims,
+            token: token.to_owned(),
+        })
+    }
+
+    async fn principal_of(&self, claims: &AccessClaims) -> Result<Principal, ErrorCode> {
+        if let Some(cn) = claims.common_name.as_deref().filter(|c| !c.is_empty())
+            && claims.email.is_none()
+        {
+            let now = crate::clock::now();
+            return match self.tokens.state(cn).await {
+                Some(state) if state.is_valid(now) => Ok(Principal::Service(ServiceIdentity {
+                    name: state.name,
+                    client_id: cn.to_owned(),
+                })),
+                _ => Err(ErrorCode::BadCredentials),
+            };
+        }
+        Ok(Principal::User(user_from_claims(claims)))
+    }
+
+    async fn admit_and_forward(
+        &self,
+        app: &App,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let ctx = RequestContext {
+            source_ip: peer.ip(),
+            country: req
+                .headers()
+                .get(&self.config.server.country_header)
+                .and_then(|v| v.to_str().ok())
+                .map(|c| c.trim().to_ascii_uppercase())
+                .filter(|c| c.len() == 2),
+        };
+        let audit = |principal: &Principal, policy: Option<&str>, decision: &str, reason: &str| {
+            self.metrics
+                .requests
+                .with_label_values(&[&app.config.name, decision, reason])
+                .inc();
+            self.audit.record(AuditRecord {
+                id: 0,
+                at_ms: crate::clock::now_ms(),
+                app: app.config.name.clone(),
+                identity: principal.audit_name().to_owned(),
+                identity_kind: principal.kind().to_owned(),
+                policy: policy.map(str::to_owned),
+                decision: decision.to_owned(),
+                reason: reason.to_owned(),
+                source_ip: peer.ip().to_string(),
+            });
+        };
+        let admission = match self.admission(app, req.headers(), peer).await {
+            Ok(a) => a,
+            Err(code) => {
+                let who = Principal::Anonymous;
+                audit(&who, None, "deny", code.as_str());
+                tracing::info!(decision = "deny", code = code.as_str(), "refused");
+                return rejection(code);
+            }
+        };
+        let (principal, pending_error) = match &admission {
+            Admission::Credentials(identity) => (Principal::Service(identity.clone()), None),
+            Admission::Token { claims, .. } => match self.principal_of(claims).await {
+                Ok(p) => (p, None),
+                Err(code) => (Principal::Anonymous, Some(code)),
+            },
+            Admission::None(code) => (Principal::Anonymous, *code),
+        };
+        let outcome = evaluate(&app.config.policies, &principal, &ctx);
+        let (policy, decision) = match outcome {
+            Outcome::Matched { policy, decision } => (
+                Some(app.config.policies[policy].name.as_str()),
+                Some(decision),
+            ),
+            Outcome::NoMatch => (None, None),
+        };
+        match decision {
+            Some(Decision::Block) => {
+                audit(&principal, policy, "block", ErrorCode::Forbidden.as_str());
+                tracing::info!(decision = "block", code = "forbidden", "refused");
+                rejection(ErrorCode::Forbidden)
+            }
+            None => {
+                let code = match (&principal, pending_error) {
+                    (Principal::Anonymous, Some(code)) => code,
+                    (Principal::Anonymous, None) => ErrorCode::MissingToken,
+                    _ => ErrorCode::Forbidden,
+                };
+                audit(&principal, None, "deny", code.as_str());
+                tracing::info!(decision = "deny", code = code.as_str(), "refused");
+                rejection(code)
+            }
+            Some(Decision::Bypass) => {
+                audit(&principal, policy, "bypass", "ok");
+                self.forward(app, req, peer, None, None).await
+            }
+            Some(d @ (Decision::Allow | Decision::ServiceAuth)) => {
+                let now = crate::clock::now();
+                let (token, set_cookie) = match admission {
+                    Admission::Credentials(identity) => {
+                        let lifetime =
+                            i64::try_from(app.config.session_duration.as_secs()).unwrap_or(86_400);
+                        match self.issuer.service_token(
+                            &app.aud,
+                            &identity.client_id,
+                            lifetime,
+                            now,
+                        ) {
+                            Ok(issued) => {
+                                self.audit.token_used(&identity.client_id, now);
+                                let cookie = self.cookie(&issued.token, issued.exp - now);
+                                (issued.token.to_string(), cookie)
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot sign an app token");
+                                audit(
+                                    &principal,
+                                    policy,
+                                    "deny",
+                                    ErrorCode::KeysUnavailable.as_str(),
+                                );
+                                return rejection(ErrorCode::KeysUnavailable);
+                            }
+                        }
+                    }
+                    Admission::Token { token, .. } => (token, None),
+                    Admission::None(_) => {
+                        // allow / service_auth never match an anonymous caller.
+                        audit(&principal, None, "deny", ErrorCode::MissingToken.as_str());
+                        return rejection(ErrorCode::MissingToken);
+                    }
+                };
+                audit(&principal, policy, d.as_str(), "ok");
+                let email = match &principal {
+                    Principal::User(u) if !u.email.is_empty() => Some(u.email.as_str()),
+                    _ => None,
+                };
+                let mut response = self.forward(app, req, peer, Some(&token), email).await;
+                if let Some(cookie) = set_cookie {
+                    response.headers_mut().append(SET_COOKIE, cookie);
+                }
+                response
+            }
+        }
+    }
+
+    fn cookie(&self, token: &str, max_age: i64) -> Option<HeaderValue> {
+        let cookie = cookie::Cookie::build((AUTHORIZATION_COOKIE, token))
+            .path("/")
+            .http_only(true)
+            .secure(self.config.server.secure_cookies)
+            .same_site(cookie::SameSite::Lax)
+            .max_age(cookie::time::Duration::seconds(max_age.max(0)))
+            .build();
+        HeaderValue::from_str(&cookie.to_string()).ok()
+    }
+
+    async fn forward(
+        &self,
+        app: &App,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        token: Option<&str>,
+        email: Option<&str>,
+    ) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let upgrade = remove_hop_by_hop(&mut parts.headers);
+        let headers = &mut parts.headers;
+        for name in [
+            JWT_ASSERTION_HEADER,
+            AUTHENTICATED_USER_EMAIL_HEADER,
+            CLIENT_ID_HEADER,
+            CLIENT_SECRET_HEADER,
+            ACCESS_TOKEN_HEADER,
+        ] {
+            headers.remove(name);
+        }
+        if let Some(json_header) = &app.config.service_token_header {
+            let is_credential = headers
+                .get(json_header)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim_start().starts_with('{'));
+            if is_credential {
+                headers.remove(json_header);
+            }
+        }
+        strip_cookie(headers, AUTHORIZATION_COOKIE, token.is_none());
+        if let Some(token) = token
+            && let Ok(v) = HeaderValue::from_str(token)
+        {
+            headers.insert(JWT_ASSERTION_HEADER, v);
+        }
+        if let Some(email) = email
+            && let Ok(v) = HeaderValue::from_str(email)
+        {
+            headers.insert(AUTHENTICATED_USER_EMAIL_HEADER, v);
+        }
+        let outgoing = Outgoing {
+            parts,
+            body,
+            upgrade,
+            on_upgrade,
+        };
+        match self
+            .forwarder
+            .forward(
+                outgoing,
+                &app.config.origin_authority,
+                &app.config.origin_prefix,
+                peer,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(code) => {
+                tracing::warn!(code = code.as_str(), "origin failed");
+                rejection(code)
+            }
+        }
+    }
+}
+
+/// Removes the `CF_Authorization` cookie from `Cookie` headers when
+/// `remove` (a bypassed request must not carry an identity the gateway did
+/// not vouch for); otherwise leaves cookies as sent.
+fn strip_cookie(headers: &mut HeaderMap, name: &str, remove: bool) {
+    if !remove || !headers.contains_key(COOKIE) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| pair.split_once('=').is_none_or(|(k, _)| k.trim() != name))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(COOKIE, v);
+    }
+}
+
+/// The user behind an app token. Part 2 (logins) puts the identity
+/// provider's id in the token so that `login_method` selectors apply;
+/// until then it is read from a `login_method` claim when present.
+pub fn user_from_claims(claims: &AccessClaims) -> UserIdentity {
+    UserIdentity {
+        email: claims
+            .email
+            .clone()
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
+        sub: claims.sub.clone().unwrap_or_default(),
+        name: claims
+            .extra
+            .get("name")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        groups: claims.groups().into_iter().map(str::to_owned).collect(),
+        login_method: claims
+            .extra
+            .get("login_method")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_paths() {
+        assert_eq!(strip_port("a.test:8080"), "a.test");
+        assert_eq!(strip_port("a.test"), "a.test");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert!(path_matches("/admin/x", "/admin"));
+        assert!(path_matches("/admin", "/admin"));
+        assert!(!path_matches("/administrator", "/admin"));
+        assert!(path_matches("/anything", ""));
+    }
+
+    #[test]
+    fn cookie_stripping() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1; CF_Authorization=x"));
+        h.append(COOKIE, HeaderValue::from_static("b=2"));
+        strip_cookie(&mut h, "CF_Authorization", true);
+        assert_eq!(h.get_all(COOKIE).iter().count(), 1);
+        assert_eq!(h[COOKIE], "a=1; b=2");
+        let mut only = HeaderMap::new();
+        only.insert(COOKIE, HeaderValue::from_static("CF_Authorization=x"));
+        strip_cookie(&mut only, "CF_Authorization", true);
+        assert!(!only.contains_key(COOKIE));
+    }
+}

@@ -1,0 +1,366 @@
+//! Start-up, the two listeners, background jobs and graceful shutdown.
+//!
+//! [`Services::open`] is what every subcommand shares: it opens storage
+//! (running migrations), loads the master key and checks it against the
+//! database, and binds each configured app to its AUD tag. [`start`] adds
+//! the listeners and background jobs and returns a [`RunningGateway`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::crypto::{MasterKey, MasterKeyError, random_hex};
+use crate::gateway::{App, Gateway};
+use crate::issue::TokenIssuer;
+use crate::keys::{KeyError, KeyManager};
+use crate::metrics::Metrics;
+use crate::proxy::Forwarder;
+use crate::ratelimit::FailureLimiter;
+use crate::service_tokens::ServiceTokens;
+use crate::store::{SqlStore, Storage, StoreError};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The master key is unusable.
+    #[error(transparent)]
+    MasterKey(#[from] MasterKeyError),
+    /// The master key differs from the one the database was created with.
+    #[error(
+        "the master key (fingerprint {ours}) is not the one this database was created with \
+         (fingerprint {stored}); use the same PORTCULLIS_MASTER_KEY or master.key file on every replica"
+    )]
+    MasterKeyMismatch {
+        /// Fingerprint in use.
+        ours: String,
+        /// Fingerprint recorded in the database.
+        stored: String,
+    },
+    /// Keys could not be loaded or created.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Storage, keys and tokens opened for a configuration.
+#[derive(Debug)]
+pub struct Services {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Storage.
+    pub store: Arc<dyn Storage>,
+    /// The master key.
+    pub master: Arc<MasterKey>,
+    /// Apps with their AUD tags, in config order.
+    pub apps: Vec<App>,
+    /// Signing keys (not yet loaded; see [`KeyManager::start`]).
+    pub keys: Arc<KeyManager>,
+    /// Service tokens.
+    pub tokens: Arc<ServiceTokens>,
+}
+
+const MASTER_KEY_META: &str = "master_key_fingerprint";
+
+impl Services {
+    /// Opens storage and binds apps to AUD tags.
+    pub async fn open(config: Config) -> Result<Services, StartError> {
+        let config = Arc::new(config);
+        let store: Arc<dyn Storage> =
+            Arc::new(SqlStore::open(&config.storage.url, config.storage.max_connections).await?);
+        let master = Arc::new(MasterKey::load_or_create(
+            config.storage.master_key.as_deref(),
+            &config.storage.data_dir,
+        )?);
+        let stored = store
+            .meta_insert_or_get(MASTER_KEY_META, master.fingerprint())
+            .await?;
+        if stored != master.fingerprint() {
+            return Err(StartError::MasterKeyMismatch {
+                ours: master.fingerprint().to_owned(),
+                stored,
+            });
+        }
+        let now = crate::clock::now();
+        let mut apps = Vec::new();
+        for app in &config.apps {
+            let aud = store
+                .ensure_app(&app.name, &random_hex::<32>(), now)
+                .await?;
+            apps.push(App {
+                config: app.clone(),
+                aud,
+            });
+        }
+        let keys = Arc::new(KeyManager::new(
+            store.clone(),
+            master.clone(),
+            config.keys.clone(),
+            config.server.team_domain.clone(),
+            apps.iter().map(|a| a.aud.clone()).collect(),
+        ));
+        let tokens = Arc::new(ServiceTokens::new(
+            store.clone(),
+            config.service_tokens.clone(),
+        ));
+        Ok(Services {
+            config,
+            store,
+            master,
+            apps,
+            keys,
+            tokens,
+        })
+    }
+}
+
+/// A gateway that is serving.
+#[derive(Debug)]
+pub struct RunningGateway {
+    /// Where the public listener is bound.
+    pub addr: SocketAddr,
+    /// Where the admin listener is bound.
+    pub admin_addr: SocketAddr,
+    /// The shared state.
+    pub gateway: Arc<Gateway>,
+    stop: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl RunningGateway {
+    /// Stops accepting, lets in-flight requests finish (up to
+    /// `shutdown_grace`), commits queued audit rows and returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.done.await;
+    }
+
+    /// Runs until `signal` completes, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+/// Binds the configured addresses and starts serving.
+pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let listener = bind(config.server.listen).await?;
+    let admin = bind(config.server.admin_listen).await?;
+    start_with_listeners(config, listener, admin).await
+}
+
+/// Starts serving on listeners bound by the caller (tests bind port 0).
+pub async fn start_with_listeners(
+    config: Config,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+) -> Result<RunningGateway, StartError> {
+    let services = Services::open(config).await?;
+    services.keys.start().await?;
+    services
+        .tokens
+        .refresh_states()
+        .await
+        .map_err(StartError::Store)?;
+    let config = services.config.clone();
+    let metrics = Metrics::new()?;
+    let (audit, audit_task) =
+        crate::audit::start(services.store.clone(), &config.audit, metrics.clone());
+    let gateway = Arc::new(Gateway {
+        issuer: TokenIssuer::new(
+            services.keys.clone(),
+            config.server.team_domain.clone(),
+            metrics.clone(),
+        ),
+        limiter: FailureLimiter::new(
+            config.service_tokens.failure_window,
+            config.service_tokens.max_failures_per_client,
+            config.service_tokens.max_failures_per_address,
+        ),
+        forwarder: Forwarder::new(
+            config.server.upstream_connect_timeout,
+            config.server.upstream_timeout,
+            Duration::from_secs(90),
+        ),
+        config: config.clone(),
+        store: services.store.clone(),
+        keys: services.keys.clone(),
+        tokens: services.tokens.clone(),
+        apps: services.apps,
+        audit,
+        metrics,
+    });
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.server.listen,
+        source,
+    })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.server.admin_listen,
+            source,
+        })?;
+    if config.server.admin_token.is_none() {
+        tracing::warn!(
+            "no admin token configured (PORTCULLIS_ADMIN_TOKEN); the admin API refuses every call"
+        );
+    }
+    let (stop, stopped) = watch::channel(false);
+    let jobs = tokio::spawn(background_jobs(gateway.clone(), stopped.clone()));
+    let public = {
+        let gw = gateway.clone();
+        tokio::spawn(serve(
+            listener,
+            stopped.clone(),
+            config.server.shutdown_grace,
+            move |req, peer| gw.clone().handle(req, peer),
+        ))
+    };
+    let admin = {
+        let gw = gateway.clone();
+        tokio::spawn(serve(
+            admin_listener,
+            stopped.clone(),
+            config.server.shutdown_grace,
+            move |req, _| crate::admin::handle(gw.clone(), req),
+        ))
+    };
+    tracing::info!(%addr, %admin_addr, storage = gateway.store.backend(), apps = gateway.apps.len(), "gateway serving");
+    let gw = gateway.clone();
+    let done = tokio::spawn(async move {
+        let _ = public.await;
+        let _ = admin.await;
+        jobs.abort();
+        gw.audit.flush().await;
+        // The writer ends once every sink is gone; the flush above has
+        // already committed what was queued.
+        drop(audit_task);
+        tracing::info!("gateway stopped");
+    });
+    Ok(RunningGateway {
+        addr,
+        admin_addr,
+        gateway,
+        stop,
+        done,
+    })
+}
+
+async fn background_jobs(gw: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
+    let key_every = gw.config.keys.reload_interval;
+    let token_every = key_every.min(Duration::from_secs(5));
+    let mut keys = tokio::time::interval(key_every);
+    let mut tokens = tokio::time::interval(token_every);
+    keys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokens.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = keys.tick() => {
+                if let Err(e) = gw.keys.maintain(crate::clock::now()).await {
+                    tracing::error!(error = %e, "signing key maintenance failed");
+                }
+            }
+            _ = tokens.tick() => {
+                if let Err(e) = gw.tokens.refresh_states().await {
+                    tracing::warn!(error = %e, "service token refresh failed");
+                }
+            }
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+async fn serve<F, Fut>(
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+    grace: Duration,
+    handler: F,
+) where
+    F: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = hyper::Response<crate::response::Body>> + Send + 'static,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = service_fn(move |req| {
+            let fut = handler(req, peer);
+            async move { Ok::<_, std::convert::Infallible>(fut.await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the shutdown grace period");
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
