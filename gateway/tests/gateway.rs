@@ -1,0 +1,632 @@
+//! The gateway over real sockets, on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ADMIN_TOKEN, Backend, Harness, core_validate, pyjwt_validate, wait_audit};
+use portcullis_core::wire::{
+    AUTHENTICATED_USER_EMAIL_HEADER, CLIENT_ID_HEADER, CLIENT_SECRET_HEADER, JWT_ASSERTION_HEADER,
+};
+use serde_json::Value;
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(b) = super::Backend::postgres().await {
+                        super::$name(b).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    service_token_admitted_and_origin_token_validates,
+    bad_credentials_are_refused_and_audited,
+    revoked_expired_and_rotated_tokens,
+    key_rotation_keeps_earlier_tokens_valid,
+    routing_policies_and_admin,
+);
+
+async fn body(r: reqwest::Response) -> Value {
+    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+}
+
+async fn service_token_admitted_and_origin_token_validates(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let creds = h
+        .services()
+        .await
+        .tokens
+        .create("report-bot", None)
+        .await
+        .unwrap();
+    let aud = h.aud("echo");
+    assert_eq!(aud.len(), 64);
+
+    let r = h
+        .client
+        .get(h.url("echo.test", "/reports?x=1"))
+        .header(CLIENT_ID_HEADER, &creds.client_id)
+        .header(CLIENT_SECRET_HEADER, &creds.client_secret)
+        // Spoofed identity headers never reach the origin.
+        .header(JWT_ASSERTION_HEADER, "forged")
+        .header(AUTHENTICATED_USER_EMAIL_HEADER, "ceo@example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.starts_with("CF_Authorization="), "{set_cookie}");
+    assert!(set_cookie.contains("HttpOnly"));
+    assert!(set_cookie.contains("SameSite=Lax"));
+    assert!(!set_cookie.contains("Secure"), "team domain is http");
+    let seen: Value = body(r).await;
+    let token = seen[JWT_ASSERTION_HEADER].as_str().unwrap().to_owned();
+    assert_ne!(token, "forged");
+    assert!(
+        seen.get(AUTHENTICATED_USER_EMAIL_HEADER).is_none(),
+        "no email for service tokens"
+    );
+    assert!(
+        seen.get(CLIENT_SECRET_HEADER).is_none(),
+        "secret not forwarded"
+    );
+    assert_eq!(seen[":path"], "/reports?x=1");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+
+    // portcullis-core, against the gateway's certs URL.
+    let claims = core_validate(&h, &token, &aud).await.unwrap();
+    assert_eq!(claims.aud, vec![aud.clone()]);
+    assert_eq!(
+        claims.common_name.as_deref(),
+        Some(creds.client_id.as_str())
+    );
+    assert_eq!(claims.sub.as_deref(), Some(""));
+    assert!(claims.is_app_token());
+    assert!(claims.email.is_none());
+    assert!(
+        claims
+            .identity_nonce
+            .as_deref()
+            .is_some_and(|n| !n.is_empty())
+    );
+    // Not for another app.
+    assert_eq!(
+        core_validate(&h, &token, &h.aud("jsonapp"))
+            .await
+            .unwrap_err()
+            .code(),
+        portcullis_core::ErrorCode::WrongAudience
+    );
+
+    // An independent library: PyJWT.
+    let certs = h
+        .client
+        .get(h.url("auth.test", portcullis_core::wire::CERTS_PATH))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(certs.status(), 200);
+    let certs: Value = body(certs).await;
+    assert!(
+        certs["public_cert"]["cert"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert_eq!(
+        certs["public_certs"].as_array().unwrap().len(),
+        certs["keys"].as_array().unwrap().len()
+    );
+    if let Some(py) = pyjwt_validate(&certs.to_string(), &token, &aud, &h.team_domain()) {
+        assert_eq!(py["common_name"], creds.client_id.as_str());
+        assert_eq!(py["aud"], serde_json::json!([aud]));
+        assert_eq!(py["type"], "app");
+    }
+
+    // The token is reused (no new signature per request) ...
+    let again = h
+        .client
+        .get(h.url("echo.test", "/"))
+        .header(CLIENT_ID_HEADER, &creds.client_id)
+        .header(CLIENT_SECRET_HEADER, &creds.client_secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(again).await[JWT_ASSERTION_HEADER], token.as_str());
+    // ... and the cookie alone admits, carrying the same token on.
+    let cookie_value = set_cookie.split(';').next().unwrap().to_owned();
+    let by_cookie = h
+        .client
+        .get(h.url("echo.test", "/c"))
+        .header("cookie", &cookie_value)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_cookie.status(), 200);
+    assert!(by_cookie.headers().get("set-cookie").is_none());
+    assert_eq!(body(by_cookie).await[JWT_ASSERTION_HEADER], token.as_str());
+    // So do the assertion header and cloudflared's cf-access-token header.
+    for header in [JWT_ASSERTION_HEADER, "cf-access-token"] {
+        let r = h
+            .client
+            .get(h.url("echo.test", "/"))
+            .header(header, &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{header}");
+    }
+    // Without anything: 401 missing_token; a token of another app: refused.
+    let none = h.client.get(h.url("echo.test", "/")).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    assert_eq!(none.headers()["content-type"], "application/json");
+    assert_eq!(body(none).await["error"], "missing_token");
+
+    // The JSON-header form on the app that enables it.
+    let json_creds = serde_json::json!({
+        "cf-access-client-id": creds.client_id, "cf-access-client-secret": creds.client_secret
+    })
+    .to_string();
+    let r = h
+        .client
+        .get(h.url("json.test", "/"))
+        .header("authorization", &json_creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = body(r).await;
+    assert!(
+        seen.get("authorization").is_none(),
+        "credential header not forwarded"
+    );
+    let json_token = seen[JWT_ASSERTION_HEADER].as_str().unwrap();
+    assert_eq!(
+        core_validate(&h, json_token, &h.aud("jsonapp"))
+            .await
+            .unwrap()
+            .common_name
+            .as_deref(),
+        Some(creds.client_id.as_str())
+    );
+    // The app's own Authorization header passes through untouched.
+    let r = h
+        .client
+        .get(h.url("json.test", "/"))
+        .header("authorization", "Bearer app-own")
+        .header(CLIENT_ID_HEADER, &creds.client_id)
+        .header(CLIENT_SECRET_HEADER, &creds.client_secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(r).await["authorization"], "Bearer app-own");
+
+    // last-used is recorded in the background.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let list = h.services().await.tokens.list().await.unwrap();
+    assert!(list[0].last_used_at.is_some());
+    h.finish().await;
+}
+
+async fn bad_credentials_are_refused_and_audited(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let creds = h
+        .services()
+        .await
+        .tokens
+        .create("report-bot", None)
+        .await
+        .unwrap();
+    let wrong = "0".repeat(64);
+    let r = h
+        .client
+        .get(h.url("echo.test", "/"))
+        .header(CLIENT_ID_HEADER, &creds.client_id)
+        .header(CLIENT_SECRET_HEADER, &wrong)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let b = body(r).await;
+    assert_eq!(b["error"], "bad_credentials");
+    assert!(!b.to_string().contains(&wrong));
+    let row = wait_audit(&h, "app=echo&decision=deny", |r| {
+        r["reason"] == "bad_credentials"
+    })
+    .await;
+    assert_eq!(row["source_ip"], "127.0.0.1");
+    assert_eq!(row["app"], "echo");
+
+    // Partial, duplicate and mixed credentials are refused.
+    let partial = h
+        .client
+        .get(h.url("echo.test", "/"))
+        .header(CLIENT_ID_HEADER, &creds.client_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(partial.status(), 401);
+    let json_creds = serde_json::json!({
+        "cf-access-client-id": creds.client_id, "cf-access-client-secret": creds.client_secret
+    })
+    .to_string();
+    let mixed = h
+        .client
+        .get(h.url("json.test", "/"))
+        .header("authorization", &json_creds)
+        .header(CLIENT_ID_HEADER, &creds.client_id)
+        .header(CLIENT_SECRET_HEADER, &creds.client_secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mixed.status(), 401);
+    let dup = h
+        .client
+        .get(h.url("echo.test", "/"))
+        .header(CLIENT_ID_HEADER, &creds.client_id)
+        .header(CLIENT_ID_HEADER, &creds.client_id)
+        .header(CLIENT_SECRET_HEADER, &creds.client_secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dup.status(), 401);
+
+    // Repeated failures per client id → 429, even with the right secret.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let r = h
+            .client
+            .get(h.url("echo.test", "/"))
+            .header(CLIENT_ID_HEADER, &creds.client_id)
+            .header(CLIENT_SECRET_HEADER, &wrong)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let r = h
+        .client
+        .get(h.url("echo.test", "/"))
+        .header(CLIENT_ID_HEADER, &creds.client_id)
+        .header(CLIENT_SECRET_HEADER, &creds.client_secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(body(r).await["error"], "rate_limited");
+    h.finish().await;
+}
+
+async fn revoked_expired_and_rotated_tokens(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let cli = h.services().await;
+    let send = |id: String, secret: String| {
+        let req = h
+            .client
+            .get(h.url("echo.test", "/"))
+            .header(CLIENT_ID_HEADER, id)
+            .header(CLIENT_SECRET_HEADER, secret);
+        async move { req.send().await.unwrap() }
+    };
+    // Revocation made by another process counts at once for credentials ...
+    let bot = cli.tokens.create("report-bot", None).await.unwrap();
+    let ok = send(bot.client_id.clone(), bot.client_secret.clone()).await;
+    assert_eq!(ok.status(), 200);
+    let cookie = ok.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    cli.tokens.revoke("report-bot").await.unwrap();
+    let r = send(bot.client_id.clone(), bot.client_secret.clone()).await;
+    assert_eq!(r.status(), 401);
+    // ... and within the state refresh for the app cookie it already holds.
+    let mut refused = false;
+    for _ in 0..40 {
+        let r = h
+            .client
+            .get(h.url("echo.test", "/"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 401 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the revoked token's cookie must stop working");
+
+    // Expired.
+    let short = cli
+        .tokens
+        .create("other-bot", Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        send(short.client_id.clone(), short.client_secret.clone())
+            .await
+            .status(),
+        401
+    );
+
+    // Rotated: the old secret works during the grace period, not after.
+    let bot2 = cli.tokens.create("report-bot", None).await.unwrap();
+    let rotated = cli
+        .tokens
+        .rotate("report-bot", Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert_eq!(rotated.client_id, bot2.client_id);
+    assert_ne!(rotated.client_secret, bot2.client_secret);
+    assert_eq!(
+        send(bot2.client_id.clone(), bot2.client_secret.clone())
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        send(bot2.client_id.clone(), rotated.client_secret.clone())
+            .await
+            .status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        send(bot2.client_id.clone(), bot2.client_secret.clone())
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        send(bot2.client_id.clone(), rotated.client_secret.clone())
+            .await
+            .status(),
+        200
+    );
+    h.finish().await;
+}
+
+async fn key_rotation_keeps_earlier_tokens_valid(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let cli = h.services().await;
+    let aud = h.aud("echo");
+    let a = cli.tokens.create("report-bot", None).await.unwrap();
+    let first = h
+        .client
+        .get(h.url("echo.test", "/"))
+        .header(CLIENT_ID_HEADER, &a.client_id)
+        .header(CLIENT_SECRET_HEADER, &a.client_secret)
+        .send()
+        .await
+        .unwrap();
+    let old_token = body(first).await[JWT_ASSERTION_HEADER]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old_kid = jsonwebtoken::decode_header(&old_token)
+        .unwrap()
+        .kid
+        .unwrap();
+
+    // Rotation through the admin API: published now, signing after publish_ahead (2 s).
+    let r = h
+        .client
+        .post(h.admin_url("/admin/v1/keys/rotate"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let info = body(r).await;
+    assert_eq!(info["state"], "pending");
+    let new_kid = info["kid"].as_str().unwrap().to_owned();
+    let certs: Value = body(
+        h.client
+            .get(h.url("auth.test", "/cdn-cgi/access/certs"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let kids: Vec<&str> = certs["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(
+        kids.contains(&old_kid.as_str()) && kids.contains(&new_kid.as_str()),
+        "published before it signs"
+    );
+    assert_eq!(
+        certs["public_cert"]["kid"],
+        old_kid.as_str(),
+        "old key still signs"
+    );
+
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let b = cli.tokens.create("other-bot", None).await.unwrap();
+    let second = h
+        .client
+        .get(h.url("echo.test", "/"))
+        .header(CLIENT_ID_HEADER, &b.client_id)
+        .header(CLIENT_SECRET_HEADER, &b.client_secret)
+        .send()
+        .await
+        .unwrap();
+    let new_token = body(second).await[JWT_ASSERTION_HEADER]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        jsonwebtoken::decode_header(&new_token)
+            .unwrap()
+            .kid
+            .unwrap(),
+        new_kid
+    );
+    // Both validate for origins and at the gateway.
+    core_validate(&h, &old_token, &aud).await.unwrap();
+    core_validate(&h, &new_token, &aud).await.unwrap();
+    let r = h
+        .client
+        .get(h.url("echo.test", "/"))
+        .header(JWT_ASSERTION_HEADER, &old_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "earlier token still admitted");
+    let keys = h.admin_get("/admin/v1/keys").await;
+    let states: Vec<&str> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, vec!["previous", "signing"]);
+    h.finish().await;
+}
+
+async fn routing_policies_and_admin(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let cli = h.services().await;
+    // Unknown host: 404 unknown_host.
+    let r = h
+        .client
+        .get(h.url("nowhere.test", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(body(r).await["error"], "unknown_host");
+    // Bypass forwards without identity, stripping spoofed headers.
+    let r = h
+        .client
+        .get(h.url("public.test", "/"))
+        .header(JWT_ASSERTION_HEADER, "forged")
+        .header(AUTHENTICATED_USER_EMAIL_HEADER, "ceo@example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = body(r).await;
+    assert!(seen.get(JWT_ASSERTION_HEADER).is_none());
+    assert!(seen.get(AUTHENTICATED_USER_EMAIL_HEADER).is_none());
+    // A valid token no policy admits: 403; a block policy: 403.
+    let stranger = cli.tokens.create("stranger", None).await.unwrap();
+    let r = h
+        .client
+        .get(h.url("echo.test", "/"))
+        .header(CLIENT_ID_HEADER, &stranger.client_id)
+        .header(CLIENT_SECRET_HEADER, &stranger.client_secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(body(r).await["error"], "forbidden");
+    let bot = cli.tokens.create("report-bot", None).await.unwrap();
+    let r = h
+        .client
+        .get(h.url("blocked.test", "/"))
+        .header(CLIENT_ID_HEADER, &bot.client_id)
+        .header(CLIENT_SECRET_HEADER, &bot.client_secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "block policy");
+    assert_eq!(body(r).await["error"], "forbidden");
+    wait_audit(&h, "decision=block&app=blocked", |r| {
+        r["policy"] == "no-bots"
+    })
+    .await;
+    // Admin API: 401 without the bearer, JSON with it.
+    let r = h
+        .client
+        .get(h.admin_url("/admin/v1/apps"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = h
+        .client
+        .get(h.admin_url("/admin/v1/apps"))
+        .bearer_auth("wrong-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let apps = h.admin_get("/admin/v1/apps").await;
+    assert_eq!(apps[0]["name"], "echo");
+    assert_eq!(apps[0]["aud"], h.aud("echo").as_str());
+    let created = h
+        .client
+        .post(h.admin_url("/admin/v1/service-tokens"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(serde_json::json!({"name": "api-bot", "duration": "1h"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created = body(created).await;
+    assert!(created["client_id"].as_str().unwrap().ends_with(".access"));
+    assert_eq!(created["client_secret"].as_str().unwrap().len(), 64);
+    let listed = h.admin_get("/admin/v1/service-tokens").await;
+    assert!(
+        !listed
+            .to_string()
+            .contains(created["client_secret"].as_str().unwrap()),
+        "secrets never listed"
+    );
+    let dup = h
+        .client
+        .post(h.admin_url("/admin/v1/service-tokens"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(serde_json::json!({"name": "api-bot"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dup.status(), 409);
+    let revoke = h
+        .client
+        .post(h.admin_url("/admin/v1/service-tokens/api-bot/revoke"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), 200);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = h.client.get(h.admin_url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    // Audit: allowed, denied and bypassed decisions, filterable.
+    wait_audit(&h, "decision=bypass&app=public", |r| {
+        r["policy"] == "everyone"
+    })
+    .await;
+    let forbidden = wait_audit(&h, "decision=deny", |r| r["reason"] == "forbidden").await;
+    assert_eq!(forbidden["identity"], stranger.client_id.as_str());
+    let far_future = h.admin_get("/admin/v1/audit?since=4102444800").await;
+    assert_eq!(far_future, serde_json::json!([]));
+    h.finish().await;
+}
