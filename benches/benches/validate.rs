@@ -3,7 +3,9 @@
 
 //! Core validation cost against its floor and baseline, in one run:
 //!
-//! - `floor/aws_lc_rsa2048_verify`: raw aws-lc-rs RSA-2048 PKCS#1 v1.5 verify;
+//! - `floor/aws_lc_rsa2048_verify`: raw aws-lc-rs RSA-2048 PKCS#1 v1.5 verify
+//!   (key parsed per call, as `UnparsedPublicKey` does), and `_preparsed`
+//!   with the key parsed once (what core does per `kid`);
 //! - `baseline/jsonwebtoken_decode`: `jsonwebtoken::decode` of the same RS256
 //!   token with issuer and audience checks (aws_lc_rs backend);
 //! - `validator/miss`: `Validator` on tokens it has not seen;
@@ -25,7 +27,11 @@ const AUD: &str = "4714c1358e65fe4b408ad6d432a5f878f08194bdb4752441fd56faefa9b2b
 const POOL: usize = 1024;
 
 fn validator(source: &KeySource) -> Validator {
-    Validator::builder(ISS).audience(AUD).key_source(source.clone()).build().unwrap()
+    Validator::builder(ISS)
+        .audience(AUD)
+        .key_source(source.clone())
+        .build()
+        .unwrap()
 }
 
 fn benches(c: &mut Criterion) {
@@ -37,7 +43,9 @@ fn benches(c: &mut Criterion) {
     let token = &pool[0];
     let (signing_input, sig_b64) = token.rsplit_once('.').unwrap();
     use base64::Engine as _;
-    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig_b64).unwrap();
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig_b64)
+        .unwrap();
 
     let mut g = c.benchmark_group("core");
     g.measurement_time(Duration::from_secs(8));
@@ -47,16 +55,40 @@ fn benches(c: &mut Criterion) {
             &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
             key.spki_der(),
         );
-        b.iter(|| public.verify(black_box(signing_input.as_bytes()), black_box(&signature)).unwrap())
+        b.iter(|| {
+            public
+                .verify(black_box(signing_input.as_bytes()), black_box(&signature))
+                .unwrap()
+        })
+    });
+
+    g.bench_function("floor/aws_lc_rsa2048_verify_preparsed", |b| {
+        let public = aws_lc_rs::signature::ParsedPublicKey::new(
+            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+            key.spki_der(),
+        )
+        .unwrap();
+        b.iter(|| {
+            public
+                .verify_sig(black_box(signing_input.as_bytes()), black_box(&signature))
+                .unwrap()
+        })
     });
 
     g.bench_function("baseline/jsonwebtoken_decode", |b| {
         let jwk = key.jwk();
-        let decoding = jsonwebtoken::DecodingKey::from_rsa_components(jwk["n"].as_str().unwrap(), jwk["e"].as_str().unwrap()).unwrap();
+        let decoding = jsonwebtoken::DecodingKey::from_rsa_components(
+            jwk["n"].as_str().unwrap(),
+            jwk["e"].as_str().unwrap(),
+        )
+        .unwrap();
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
         validation.set_audience(&[AUD]);
         validation.set_issuer(&[ISS]);
-        b.iter(|| jsonwebtoken::decode::<serde_json::Value>(black_box(token), &decoding, &validation).unwrap())
+        b.iter(|| {
+            jsonwebtoken::decode::<serde_json::Value>(black_box(token), &decoding, &validation)
+                .unwrap()
+        })
     });
 
     g.bench_function("validator/miss", |b| {
@@ -93,7 +125,12 @@ fn benches(c: &mut Criterion) {
                             if i % (POOL / 2) == 0 && i > 0 {
                                 v = validator(source);
                             }
-                            black_box(v.validate_with_current_keys(&pool[half * POOL / 2 + i % (POOL / 2)]).unwrap());
+                            black_box(
+                                v.validate_with_current_keys(
+                                    &pool[half * POOL / 2 + i % (POOL / 2)],
+                                )
+                                .unwrap(),
+                            );
                         }
                     });
                 }

@@ -10,7 +10,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use jsonwebtoken::{Algorithm, DecodingKey};
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
+use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
 use crate::jws::{decode_b64, parse_strict_json};
@@ -44,13 +45,75 @@ impl KeyType {
     }
 }
 
-/// One public key, decoded once and reused for every token it signs.
+/// One public key, parsed once per algorithm it may verify and reused for
+/// every token it signs.
+///
+/// Verification goes to aws-lc-rs directly through pre-parsed
+/// [`ParsedPublicKey`]s: `jsonwebtoken::crypto::verify` rebuilds the key
+/// from its components on every call, which costs a few microseconds per
+/// token.
 pub struct VerifyingKey {
     kid: Option<String>,
     key_type: KeyType,
     /// The JWK's own `alg`, when it pins one.
     alg: Option<Algorithm>,
-    decoding: DecodingKey,
+    parsed: Vec<(Algorithm, ParsedPublicKey)>,
+}
+
+const RSA_ALGS: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+fn verification_algorithm(alg: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
+    use Algorithm as A;
+    Some(match alg {
+        A::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        A::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        A::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        A::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        A::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        A::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        A::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+        A::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+        A::EdDSA => &sig::ED25519,
+        _ => return None,
+    })
+}
+
+/// DER `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn push_len(out: &mut Vec<u8>, len: usize) {
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes = len.to_be_bytes();
+            let skip = bytes.iter().take_while(|&&b| b == 0).count();
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+    }
+    fn integer(out: &mut Vec<u8>, value: &[u8]) {
+        let pad = value.first().is_none_or(|&b| b & 0x80 != 0);
+        out.push(0x02);
+        push_len(out, value.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(value);
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    integer(&mut body, n);
+    integer(&mut body, e);
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.push(0x30);
+    push_len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
 }
 
 impl std::fmt::Debug for VerifyingKey {
@@ -80,8 +143,13 @@ impl VerifyingKey {
     pub fn accepts(&self, alg: Algorithm) -> bool {
         self.key_type.supports(alg) && self.alg.is_none_or(|a| a == alg)
     }
-    pub(crate) fn decoding_key(&self) -> &DecodingKey {
-        &self.decoding
+    /// Verifies `signature` over `message` with algorithm `alg`; false
+    /// when the key does not accept `alg` or the signature is wrong.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        self.parsed
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .is_some_and(|(_, key)| key.verify_sig(message, signature).is_ok())
     }
 
     /// Parses one JWK. `Ok(None)` means "a valid JWK this crate must not
@@ -119,7 +187,7 @@ impl VerifyingKey {
             let value = str_member(name)?.ok_or_else(|| format!("JWK lacks {name:?}"))?;
             decode_b64(value).map_err(|_| format!("JWK member {name:?} is not base64url"))
         };
-        let (key_type, decoding) = match str_member("kty")? {
+        let (key_type, material) = match str_member("kty")? {
             Some("RSA") => {
                 let n = b64_member("n")?;
                 let e = b64_member("e")?;
@@ -127,10 +195,7 @@ impl VerifyingKey {
                 if n.len() * 8 < 2048 || n.len() > 1024 {
                     return Ok(None);
                 }
-                (
-                    KeyType::Rsa,
-                    DecodingKey::from_rsa_raw_components(n, strip_leading_zeros(&e)),
-                )
+                (KeyType::Rsa, rsa_public_key_der(n, strip_leading_zeros(&e)))
             }
             Some("EC") => {
                 let (key_type, len) = match str_member("crv")? {
@@ -147,7 +212,7 @@ impl VerifyingKey {
                 point.push(0x04);
                 point.extend_from_slice(&x);
                 point.extend_from_slice(&y);
-                (key_type, DecodingKey::from_ec_der(&point))
+                (key_type, point)
             }
             Some("OKP") => {
                 if str_member("crv")? != Some("Ed25519") {
@@ -157,7 +222,7 @@ impl VerifyingKey {
                 if x.len() != 32 {
                     return Err("Ed25519 JWK has the wrong length".into());
                 }
-                (KeyType::Ed25519, DecodingKey::from_ed_der(&x))
+                (KeyType::Ed25519, x)
             }
             // Symmetric or unknown key types are never used to verify.
             _ => return Ok(None),
@@ -167,11 +232,25 @@ impl VerifyingKey {
         {
             return Err("JWK alg does not match its key type".into());
         }
+        let candidates: &[Algorithm] = match (alg, key_type) {
+            (Some(pinned), _) => &[pinned][..],
+            (None, KeyType::Rsa) => &RSA_ALGS,
+            (None, KeyType::EcP256) => &[Algorithm::ES256],
+            (None, KeyType::EcP384) => &[Algorithm::ES384],
+            (None, KeyType::Ed25519) => &[Algorithm::EdDSA],
+        };
+        let mut parsed = Vec::with_capacity(candidates.len());
+        for &candidate in candidates {
+            let verification = verification_algorithm(candidate).ok_or("unsupported algorithm")?;
+            let key = ParsedPublicKey::new(verification, &material)
+                .map_err(|e| format!("the public key is not valid: {e}"))?;
+            parsed.push((candidate, key));
+        }
         Ok(Some(VerifyingKey {
             kid,
             key_type,
             alg,
-            decoding,
+            parsed,
         }))
     }
 }

@@ -523,14 +523,11 @@ fn verify_parsed(compact: &Compact<'_>, alg: Algorithm, keys: &KeySet) -> Result
             key_mismatch: true,
         }));
     }
-    match jsonwebtoken::crypto::verify(
-        compact.signature_b64,
-        compact.signing_input.as_bytes(),
-        key.decoding_key(),
-        alg,
-    ) {
-        Ok(true) => Ok(()),
-        Ok(false) | Err(_) => Err(KeyStep::Refused(ValidationError::BadSignature)),
+    let signature = decode_b64(compact.signature_b64).map_err(KeyStep::Refused)?;
+    if key.verify(alg, compact.signing_input.as_bytes(), &signature) {
+        Ok(())
+    } else {
+        Err(KeyStep::Refused(ValidationError::BadSignature))
     }
 }
 
