@@ -1,0 +1,61 @@
+//! Load-test target: a trivial axum handler, bare or behind `AccessLayer`
+//! (see `benches/load/integrations.sh`).
+//!
+//! `cargo run --release -p portcullis-tower --example axum_bench -- <addr> <bare|guard> <token-file>`
+//!
+//! Writes a valid user token to `<token-file>` (in both modes, so that the
+//! load tool sends identical requests), then serves `GET /` with `ok`.
+
+use axum::Router;
+use axum::routing::get;
+use portcullis_core::Validator;
+use portcullis_core::test_support::{TestKey, static_source, user_claims};
+use portcullis_tower::AccessLayer;
+
+const ISSUER: &str = "https://bench.portcullis.invalid";
+const AUD: &str = "41f1d879c797d912d9bd80710db3dce92d30602a2dcbdf7bab33913071c44bd4";
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, addr, mode, token_file] = &args[..] else {
+        eprintln!("usage: axum_bench <addr> <bare|guard> <token-file>");
+        std::process::exit(2);
+    };
+    let guarded = match mode.as_str() {
+        "guard" => true,
+        "bare" => false,
+        other => {
+            eprintln!("mode must be bare or guard, not {other:?}");
+            std::process::exit(2);
+        }
+    };
+    let workers = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(2);
+    let key = TestKey::rsa();
+    let validator = Validator::builder(ISSUER)
+        .audience(AUD)
+        .key_source(static_source(&[&key]))
+        .build()?;
+    std::fs::write(
+        token_file,
+        key.sign(&user_claims(ISSUER, AUD, "bench@example.com")),
+    )?;
+    let bare = Router::new().route("/", get(|| async { "ok" }));
+    let app = if guarded {
+        bare.layer(AccessLayer::new(validator))
+    } else {
+        bare
+    };
+
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let listener = tokio::net::TcpListener::bind(addr.as_str()).await?;
+            axum::serve(listener, app).await?;
+            Ok(())
+        })
+}
