@@ -90,48 +90,37 @@ fn authorized(gw: &Gateway, headers: &http::HeaderMap) -> bool {
     )
 }
 
-async fn body_json(req: Request<Incoming>) -> Result<Value, Response<Body>> {
+async fn body_json(req: Request<Incoming>) -> Result<Value, Box<Response<Body>>> {
+    let bad =
+        |message: &str| Box::new(admin_error(StatusCode::BAD_REQUEST, "bad_request", message));
     let bytes = Limited::new(req.into_body(), 64 * 1024)
         .collect()
         .await
-        .map_err(|_| {
-            admin_error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "The body could not be read.",
-            )
-        })?
+        .map_err(|_| bad("The body could not be read."))?
         .to_bytes();
     if bytes.is_empty() {
         return Ok(json!({}));
     }
-    serde_json::from_slice(&bytes).map_err(|_| {
-        admin_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "The body is not JSON.",
-        )
-    })
+    serde_json::from_slice(&bytes).map_err(|_| bad("The body is not JSON."))
 }
 
 fn duration_member(
     body: &Value,
     name: &str,
-) -> Result<Option<std::time::Duration>, Response<Body>> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => humantime::parse_duration(s).map(Some).map_err(|_| {
-            admin_error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!("{name} must be a duration such as \"8760h\"."),
-            )
-        }),
-        Some(_) => Err(admin_error(
+) -> Result<Option<std::time::Duration>, Box<Response<Body>>> {
+    let bad = |message: String| {
+        Box::new(admin_error(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            &format!("{name} must be a string."),
-        )),
+            &message,
+        ))
+    };
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => humantime::parse_duration(s)
+            .map(Some)
+            .map_err(|_| bad(format!("{name} must be a duration such as \"8760h\"."))),
+        Some(_) => Err(bad(format!("{name} must be a string."))),
     }
 }
 
@@ -199,14 +188,14 @@ async fn api(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, ["service-tokens"]) => {
             let body = match body_json(req).await {
                 Ok(b) => b,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let Some(name) = body.get("name").and_then(Value::as_str) else {
                 return admin_error(StatusCode::BAD_REQUEST, "bad_request", "name is required.");
             };
             let duration = match duration_member(&body, "duration") {
                 Ok(d) => d,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             match gw.tokens.create(name, duration).await {
                 Ok(created) => json_response(
@@ -220,11 +209,11 @@ async fn api(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
             let name = percent_decode(name);
             let body = match body_json(req).await {
                 Ok(b) => b,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let grace = match duration_member(&body, "grace") {
                 Ok(d) => d,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             match gw.tokens.rotate(&name, grace).await {
                 Ok(rotated) => ok(rotated),
@@ -248,7 +237,7 @@ async fn api(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, ["keys", "rotate"]) => {
             let body = match body_json(req).await {
                 Ok(b) => b,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let immediate = body.get("immediate").and_then(Value::as_bool).unwrap_or(false);
             match gw.keys.rotate(immediate).await {
