@@ -1090,6 +1090,14 @@ exclude = [{ country = "ru" }]
     }
 
     #[test]
+    fn example_config_is_valid() {
+        let c = Config::from_toml_str(include_str!("../gateway.example.toml"), Path::new("/srv"))
+            .unwrap();
+        assert_eq!(c.apps.len(), 1);
+        assert_eq!(c.apps[0].policies.len(), 2);
+    }
+
+    #[test]
     fn env_overrides_secrets() {
         let env = |name: &str| match name {
             ADMIN_TOKEN_ENV => Some("0123456789abcdef0123".to_owned()),

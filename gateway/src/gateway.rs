@@ -27,6 +27,7 @@ use portcullis_core::wire::{
     CLIENT_ID_HEADER, CLIENT_SECRET_HEADER, JWT_ASSERTION_HEADER,
 };
 use portcullis_core::{AccessClaims, ErrorCode, ValidationError};
+use tracing::Instrument as _;
 
 use crate::audit::AuditSink;
 use crate::config::{AppConfig, Config};
@@ -168,8 +169,9 @@ impl Gateway {
             return rejection(ErrorCode::UnknownHost);
         };
         let span = tracing::info_span!("request", app = %app.config.name, method = %req.method());
-        let _enter = span.enter();
-        self.admit_and_forward(app, req, peer).await
+        self.admit_and_forward(app, req, peer)
+            .instrument(span)
+            .await
     }
 
     fn team_domain(&self, req: &Request<Incoming>) -> Response<Body> {
