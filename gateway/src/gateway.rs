@@ -197,16 +197,19 @@ impl Gateway {
         app: &App,
         headers: &HeaderMap,
         peer: SocketAddr,
-    ) -> Result<Admission, ErrorCode> {
+    ) -> Result<Admission, (ErrorCode, Option<String>)> {
         let now = crate::clock::now();
         match crate::credentials::extract(headers, app.config.service_token_header.as_ref()) {
             Err(problem) => {
                 tracing::info!(?problem, "unusable service credential headers");
-                return Err(ErrorCode::BadCredentials);
+                return Err((ErrorCode::BadCredentials, None));
             }
             Ok(Some(creds)) => {
+                // Only well-formed client ids reach the audit log.
+                let audited = crate::service_tokens::is_client_id(&creds.client_id)
+                    .then(|| creds.client_id.clone());
                 if self.limiter.is_limited(&creds.client_id, peer.ip()) {
-                    return Err(ErrorCode::RateLimited);
+                    return Err((ErrorCode::RateLimited, audited));
                 }
                 return match self
                     .tokens
@@ -217,7 +220,7 @@ impl Gateway {
                     Err(failure) => {
                         tracing::info!(?failure, "service credentials refused");
                         self.limiter.record_failure(&creds.client_id, peer.ip());
-                        Err(ErrorCode::BadCredentials)
+                        Err((ErrorCode::BadCredentials, audited))
                     }
                 };
             }
@@ -302,8 +305,14 @@ impl Gateway {
         };
         let admission = match self.admission(app, req.headers(), peer).await {
             Ok(a) => a,
-            Err(code) => {
-                let who = Principal::Anonymous;
+            Err((code, client_id)) => {
+                let who = match client_id {
+                    Some(client_id) => Principal::Service(ServiceIdentity {
+                        name: String::new(),
+                        client_id,
+                    }),
+                    None => Principal::Anonymous,
+                };
                 audit(&who, None, "deny", code.as_str());
                 tracing::info!(decision = "deny", code = code.as_str(), "refused");
                 return rejection(code);

@@ -251,6 +251,11 @@ async fn bad_credentials_are_refused_and_audited(backend: Backend) {
     .await;
     assert_eq!(row["source_ip"], "127.0.0.1");
     assert_eq!(row["app"], "echo");
+    assert_eq!(
+        row["identity"],
+        creds.client_id.as_str(),
+        "the presented client id is audited"
+    );
 
     // Partial, duplicate and mixed credentials are refused.
     let partial = h
@@ -628,5 +633,73 @@ async fn routing_policies_and_admin(backend: Backend) {
     assert_eq!(forbidden["identity"], stranger.client_id.as_str());
     let far_future = h.admin_get("/admin/v1/audit?since=4102444800").await;
     assert_eq!(far_future, serde_json::json!([]));
+    h.finish().await;
+}
+
+/// WebSocket upgrades pass through once a service token is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_through_the_gateway() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    // A WebSocket echo origin.
+    let ws_origin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_addr = ws_origin.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = ws_origin.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let extra = format!(
+        "[[apps]]\nname = \"ws\"\ndomain = \"ws.test\"\norigin = \"http://{ws_addr}\"\n\n\
+         [[apps.policies]]\nname = \"bots\"\ndecision = \"service_auth\"\ninclude = [{{ any_valid_service_token = true }}]\n"
+    );
+    let h = Harness::start_with(Backend::sqlite(), &extra).await;
+    let creds = h
+        .services()
+        .await
+        .tokens
+        .create("report-bot", None)
+        .await
+        .unwrap();
+    let mut request = format!("ws://ws.test:{}/socket", h.port)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert(CLIENT_ID_HEADER, creds.client_id.parse().unwrap());
+    request
+        .headers_mut()
+        .insert(CLIENT_SECRET_HEADER, creds.client_secret.parse().unwrap());
+    let stream = tokio::net::TcpStream::connect(h.gw().addr).await.unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    ws.send(Message::text("hello")).await.unwrap();
+    let echoed = ws.next().await.unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "hello");
+    let _ = ws.close(None).await;
+
+    // Without credentials the upgrade is refused.
+    let request = format!("ws://ws.test:{}/socket", h.port)
+        .into_client_request()
+        .unwrap();
+    let stream = tokio::net::TcpStream::connect(h.gw().addr).await.unwrap();
+    assert!(
+        tokio_tungstenite::client_async(request, stream)
+            .await
+            .is_err()
+    );
     h.finish().await;
 }
