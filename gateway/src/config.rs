@@ -744,6 +744,12 @@ fn validate(
             "24h",
             issues,
         );
+        if session_duration < Duration::from_secs(60) {
+            issues.push(issue(
+                format!("{key}.session_duration"),
+                "must be at least one minute, e.g. \"24h\"",
+            ));
+        }
         if session_duration > keys.keep_previous {
             issues.push(issue(
                 format!("{key}.session_duration"),
