@@ -291,6 +291,11 @@ impl KeySource {
         self.inner.current.load_full()
     }
 
+    /// The current key-set epoch (cheap: no reference count taken).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.inner.current.load().epoch
+    }
+
     /// Whether this source fetches from the network.
     pub fn is_remote(&self) -> bool {
         matches!(self.inner.origin, Origin::Remote(_))

@@ -1,6 +1,7 @@
 //! The [`Validator`]: signature, issuer, audience and time checks, with a
 //! verified-token cache in front.
 
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -155,6 +156,7 @@ impl ValidatorBuilder {
                 clock: self.clock,
                 source,
                 cache,
+                hasher: foldhash::quality::RandomState::default(),
                 extractor: self.extractor,
                 #[cfg(feature = "metrics")]
                 metrics: self.metrics,
@@ -180,8 +182,15 @@ fn normalize_team_domain(raw: &str) -> Result<String, ConfigError> {
     Ok(trimmed.to_owned())
 }
 
+/// A remembered verdict. The cache is keyed by a fast keyed 64-bit hash of
+/// the whole token (random seed per validator); the token itself is kept so
+/// a hit is only a hit when the presented token is byte-for-byte the one
+/// that was verified, compared without early exit. A hash collision is
+/// therefore only ever a miss. (SHA-256 of the token cost about as much as
+/// the rest of a hit together.)
 #[derive(Clone)]
 struct CachedVerdict {
+    token: Arc<str>,
     claims: Arc<AccessClaims>,
     epoch: u64,
     ttl: Duration,
@@ -189,13 +198,8 @@ struct CachedVerdict {
 
 struct ExpireAtTokenExpiry;
 
-impl moka::Expiry<[u8; 32], CachedVerdict> for ExpireAtTokenExpiry {
-    fn expire_after_create(
-        &self,
-        _: &[u8; 32],
-        value: &CachedVerdict,
-        _: Instant,
-    ) -> Option<Duration> {
+impl moka::Expiry<u64, CachedVerdict> for ExpireAtTokenExpiry {
+    fn expire_after_create(&self, _: &u64, value: &CachedVerdict, _: Instant) -> Option<Duration> {
         Some(value.ttl)
     }
 }
@@ -208,7 +212,8 @@ struct Inner {
     max_token_size: usize,
     clock: Arc<dyn Clock>,
     source: KeySource,
-    cache: Option<moka::sync::Cache<[u8; 32], CachedVerdict>>,
+    cache: Option<moka::sync::Cache<u64, CachedVerdict>>,
+    hasher: foldhash::quality::RandomState,
     extractor: Extractor,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::CoreMetrics>,
@@ -398,12 +403,15 @@ impl Validator {
             )));
         }
         let now = i.clock.now();
-        let snapshot = i.source.snapshot();
-        let hash = i.cache.as_ref().map(|_| token_hash(token));
+        let hash = i
+            .cache
+            .as_ref()
+            .map(|_| i.hasher.hash_one(token.as_bytes()));
         if let (Some(cache), Some(hash)) = (&i.cache, &hash)
             && let Some(hit) = cache.get(hash)
+            && same_token(&hit.token, token)
         {
-            if hit.epoch == snapshot.epoch() {
+            if hit.epoch == i.source.epoch() {
                 #[cfg(feature = "metrics")]
                 if let Some(m) = &i.metrics {
                     m.cache_hits.inc();
@@ -413,6 +421,7 @@ impl Validator {
             // A key was dropped since this verdict; verify afresh.
             cache.invalidate(hash);
         }
+        let snapshot = i.source.snapshot();
         let compact = match parse_compact(token) {
             Ok(c) => c,
             Err(e) => return Attempt::Done(Err(e)),
@@ -444,6 +453,7 @@ impl Validator {
                 cache.insert(
                     hash,
                     CachedVerdict {
+                        token: Arc::from(token),
                         claims: claims.clone(),
                         epoch: snapshot.epoch(),
                         ttl: Duration::from_secs(remaining as u64),
@@ -559,11 +569,11 @@ pub fn verify_jws(
     decode_b64(compact.payload_b64)
 }
 
-fn token_hash(token: &str) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
+/// Equality without early exit, so the time taken does not reveal how
+/// much of a remembered token a guess got right.
+fn same_token(stored: &str, presented: &str) -> bool {
+    let (a, b) = (stored.as_bytes(), presented.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Parses the payload: a JSON object without duplicate members, with
@@ -592,6 +602,14 @@ fn parse_claims(bytes: &[u8]) -> Result<AccessClaims, ValidationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_token_is_exact() {
+        assert!(same_token("a.b.c", "a.b.c"));
+        assert!(!same_token("a.b.c", "a.b.d"));
+        assert!(!same_token("a.b.c", "a.b.c."));
+        assert!(!same_token("", "x"));
+    }
 
     #[test]
     fn team_domain_normalisation() {

@@ -628,3 +628,17 @@ async fn error_messages_never_echo_the_token() {
     assert!(!text.contains('\u{1b}'));
     assert!(!text.contains("ada@example.com"));
 }
+
+#[tokio::test]
+async fn a_near_copy_of_a_cached_token_is_verified_afresh() {
+    let f = fixture();
+    let token = f.key.sign(&claims());
+    f.validator.validate(&token).await.unwrap();
+    let (head, sig) = token.rsplit_once('.').unwrap();
+    let mut sig = B64.decode(sig).unwrap();
+    let last = sig.len() - 1;
+    sig[last] ^= 1;
+    let near = format!("{head}.{}", B64.encode(&sig));
+    assert_eq!(code_of(&f.validator, &near).await, ErrorCode::BadSignature);
+    assert!(f.validator.validate(&token).await.is_ok());
+}
