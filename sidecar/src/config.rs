@@ -674,29 +674,30 @@ impl Settings {
 
         // The top-level settings form the route for every other host, unless
         // routes exist and nothing top-level says where to send the rest.
-        let default_route =
-            if routes.is_empty() || (top_upstream.is_some() && !audiences.is_empty()) {
-                if audiences.is_empty() {
-                    return Err(SettingsError::new(
-                        flag_key("audience"),
-                        "required: the application's AUD tag (64 hex characters)",
-                    ));
-                }
-                if top_upstream.is_none() && mode == Mode::Proxy {
-                    return Err(SettingsError::new(
-                        flag_key("upstream"),
-                        "required in proxy mode, e.g. http://127.0.0.1:3000",
-                    ));
-                }
-                Some(RouteSettings {
-                    host: None,
-                    upstream: top_upstream,
-                    audiences,
-                    headers: global_headers,
-                })
-            } else {
-                None
-            };
+        let serves_rest =
+            !audiences.is_empty() && (top_upstream.is_some() || mode == Mode::ForwardAuth);
+        let default_route = if routes.is_empty() || serves_rest {
+            if audiences.is_empty() {
+                return Err(SettingsError::new(
+                    flag_key("audience"),
+                    "required: the application's AUD tag (64 hex characters)",
+                ));
+            }
+            if top_upstream.is_none() && mode == Mode::Proxy {
+                return Err(SettingsError::new(
+                    flag_key("upstream"),
+                    "required in proxy mode, e.g. http://127.0.0.1:3000",
+                ));
+            }
+            Some(RouteSettings {
+                host: None,
+                upstream: top_upstream,
+                audiences,
+                headers: global_headers,
+            })
+        } else {
+            None
+        };
 
         Ok(Settings {
             config_file: cli.config.clone(),
@@ -922,6 +923,17 @@ audiences = ["other"]
         assert!(s.routes[0].headers.names().any(|n| n == "x-device"));
         assert!(s.routes[0].headers.names().any(|n| n == "x-country"));
         assert_eq!(s.routes[1].audiences, vec!["other"]);
+    }
+
+    #[test]
+    fn forward_auth_keeps_a_default_route_beside_routes() {
+        let f = file(&format!(
+            "team_domain = \"https://a.example\"\naudience = [\"{AUD}\"]\nmode = \"forward-auth\"\n[[routes]]\nhost = \"b.example\"\naudiences = [\"other\"]\n"
+        ));
+        let s = Settings::merge(&cli(&[]), f).unwrap();
+        assert_eq!(s.mode, Mode::ForwardAuth);
+        assert!(s.default_route.is_some());
+        assert!(s.routes[0].upstream.is_none());
     }
 
     #[test]
