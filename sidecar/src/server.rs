@@ -468,10 +468,18 @@ async fn serve_request(
     let started = Instant::now();
     let generation = shared.current.load_full();
     let method = request.method().clone();
-    let host = pipeline::routing_host(request.headers(), request.uri(), generation.settings().mode)
-        .map(|h| clip(h).to_owned())
-        .unwrap_or_default();
-    let path = clip(request.uri().path()).to_owned();
+    // Copy what the access line needs only when it will be written.
+    let logged = tracing::enabled!(target: "portcullis_sidecar::access", tracing::Level::INFO);
+    let (host, path) = if logged {
+        (
+            pipeline::routing_host(request.headers(), request.uri(), generation.settings().mode)
+                .map(|h| clip(h).to_owned())
+                .unwrap_or_default(),
+            clip(request.uri().path()).to_owned(),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let (response, decision) = pipeline::handle(generation, peer, request).await;
     let latency = started.elapsed();
     let route = decision.route.as_ref().map_or("none", |r| r.name());
@@ -494,6 +502,9 @@ async fn serve_request(
             .upstream_errors
             .with_label_values(&[route, code])
             .inc();
+    }
+    if !logged {
+        return response;
     }
     tracing::info!(
         target: "portcullis_sidecar::access",
