@@ -72,6 +72,59 @@ impl LegacyApp {
     }
 }
 
+/// An origin that trusts its edge completely: it answers 200 to everything
+/// (saying whether `Cf-Access-Jwt-Assertion` arrived) and counts.
+#[derive(Debug)]
+pub struct PlainOrigin {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    answered: Arc<AtomicUsize>,
+}
+
+impl PlainOrigin {
+    /// Starts on a free port of 127.0.0.1, inside the current runtime.
+    pub async fn start() -> PlainOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let answered = Arc::new(AtomicUsize::new(0));
+        let count = answered.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let count = count.clone();
+                        async move {
+                            count.fetch_add(1, Ordering::Relaxed);
+                            let has = req
+                                .headers()
+                                .contains_key(portcullis_core::wire::JWT_ASSERTION_HEADER);
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                                "origin: token {}",
+                                if has { "present" } else { "absent" }
+                            )))))
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        PlainOrigin { addr, answered }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests it answered.
+    pub fn answered(&self) -> usize {
+        self.answered.load(Ordering::Relaxed)
+    }
+}
+
 fn legacy_answer(req: &Request<Incoming>, count: &AtomicUsize) -> Response<Full<Bytes>> {
     let header = |name: &str| {
         req.headers()
