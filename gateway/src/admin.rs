@@ -13,6 +13,7 @@
 //! | GET | `/admin/v1/keys` | signing keys |
 //! | POST | `/admin/v1/keys/rotate` | `{"immediate"?}` |
 //! | GET | `/admin/v1/audit?app=&since=&decision=&limit=` | newest first; `since` is RFC 3339 or Unix seconds |
+//! | POST | `/admin/v1/sessions/revoke` | `{"email"}` (every session of a user) or `{"session_id"}` → `{"revoked": n}`; at once here, within 5 s on other replicas |
 
 use std::sync::Arc;
 
@@ -228,6 +229,34 @@ async fn api(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
                     ok(json!({"name": name, "client_id": client_id, "revoked": true}))
                 }
                 Err(e) => token_error(e),
+            }
+        }
+        (&Method::POST, ["sessions", "revoke"]) => {
+            let body = match body_json(req).await {
+                Ok(b) => b,
+                Err(r) => return *r,
+            };
+            let email = body.get("email").and_then(Value::as_str).map(str::trim);
+            let session = body.get("session_id").and_then(Value::as_str).map(str::trim);
+            let result = match (email, session) {
+                (Some(e), None) if e.contains('@') => gw.login.sessions.revoke_user(e).await,
+                (None, Some(id)) if !id.is_empty() => {
+                    gw.login.sessions.revoke(id).await.map(usize::from)
+                }
+                _ => {
+                    return admin_error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "Give either email (every session of that user) or session_id.",
+                    );
+                }
+            };
+            match result {
+                Ok(n) => ok(json!({"revoked": n})),
+                Err(e) => {
+                    tracing::error!(error = %e, "session revocation failed");
+                    admin_error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "Storage failed.")
+                }
             }
         }
         (&Method::GET, ["keys"]) => match gw.keys.list().await {

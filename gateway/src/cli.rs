@@ -14,7 +14,8 @@ use crate::config::{Config, LogFormat};
 use crate::server::Services;
 
 /// Portcullis gateway: an identity-aware edge compatible with Cloudflare
-/// Access. It issues Access JWTs for service tokens (and, later, logins),
+/// Access. It logs people in (OIDC providers, local users) and issues Access
+/// JWTs for them and for service tokens,
 /// evaluates per-application policies, publishes its signing keys at
 /// `/cdn-cgi/access/certs` and proxies to origins.
 #[derive(Debug, Parser)]
@@ -50,6 +51,21 @@ pub enum Command {
     /// Signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Read a password from stdin (one line) and print its argon2id PHC
+    /// string, for `password_hash` in a users file.
+    #[command(name = "hash-password")]
+    HashPassword,
+    /// Start a demo with no set-up on 127.0.0.1: the gateway on SQLite in
+    /// DIR, a local user with a generated password, and a "whoami" origin
+    /// at http://whoami.localhost:PORT/. A second run reuses DIR.
+    Quickstart {
+        /// Where the database, keys and the generated user live.
+        #[arg(long, value_name = "DIR", default_value = "portcullis-data")]
+        data_dir: PathBuf,
+        /// Port of the gateway on 127.0.0.1.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
 }
 
 /// `apps …`.
@@ -166,6 +182,9 @@ fn init_logging(format: LogFormat) {
 /// Runs the command line; the binary's `main` calls this.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::HashPassword = &cli.command {
+        return hash_password_from_stdin();
+    }
     if let Command::Check(arg) = &cli.command {
         return match load(arg) {
             Ok(config) => {
@@ -202,10 +221,51 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn hash_password_from_stdin() -> ExitCode {
+    use std::io::IsTerminal as _;
+    if std::io::stdin().is_terminal() {
+        eprint!("Password (echoed; end with Enter): ");
+    }
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("cannot read stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!("error: the password is empty");
+        return ExitCode::from(2);
+    }
+    match crate::users::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_stderr_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,portcullis_gateway=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 async fn run(command: Command) -> Result<(), String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
     match command {
-        Command::Check(_) => Ok(()),
+        Command::Check(_) | Command::HashPassword => Ok(()),
+        Command::Quickstart { data_dir, port } => {
+            init_stderr_logging();
+            crate::quickstart::run(crate::quickstart::QuickstartOptions { data_dir, port }).await
+        }
         Command::Serve(arg) => {
             let config = load(&arg)?;
             init_logging(config.server.log_format);

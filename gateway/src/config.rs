@@ -98,7 +98,36 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
+    login: RawLogin,
+    #[serde(default)]
+    identity_providers: Vec<RawIdentityProvider>,
+    #[serde(default)]
     apps: Vec<RawApp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogin {
+    session_duration: Option<String>,
+    max_failures_per_account: Option<u32>,
+    max_failures_per_address: Option<u32>,
+    failure_window: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentityProvider {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    name: Option<String>,
+    issuer: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    client_secret_env: Option<String>,
+    scopes: Option<Vec<String>>,
+    groups_claim: Option<String>,
+    users_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,6 +217,8 @@ struct RawApp {
     origin: String,
     session_duration: Option<String>,
     service_token_header: Option<String>,
+    identity_providers: Option<Vec<String>>,
+    token_groups: Option<Vec<String>>,
     #[serde(default)]
     policies: Vec<RawPolicy>,
 }
@@ -235,8 +266,94 @@ pub struct Config {
     pub service_tokens: ServiceTokensConfig,
     /// `[audit]`.
     pub audit: AuditConfig,
+    /// `[login]`.
+    pub login: LoginConfig,
+    /// `[[identity_providers]]`, in listed order.
+    pub identity_providers: Vec<IdentityProviderConfig>,
     /// `[[apps]]`.
     pub apps: Vec<AppConfig>,
+}
+
+/// `[login]`: team sessions and local-password attempts.
+#[derive(Debug, Clone)]
+pub struct LoginConfig {
+    /// `session_duration`: lifetime of the team-domain session (default 24h).
+    pub session_duration: Duration,
+    /// `max_failures_per_account` within `failure_window` before an account
+    /// is locked out (default 5).
+    pub max_failures_per_account: u32,
+    /// `max_failures_per_address` within `failure_window` before an
+    /// address is locked out (default 20).
+    pub max_failures_per_address: u32,
+    /// `failure_window` (default 15m).
+    pub failure_window: Duration,
+}
+
+/// One `[[identity_providers]]` entry.
+#[derive(Debug, Clone)]
+pub struct IdentityProviderConfig {
+    /// `id`: unique; what `login_method` selectors and `apps.identity_providers` name.
+    pub id: String,
+    /// `name`: shown on the login page (default: the id).
+    pub name: String,
+    /// What kind of provider it is.
+    pub kind: IdentityProviderKind,
+}
+
+impl IdentityProviderConfig {
+    /// `oidc` or `local`.
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            IdentityProviderKind::Oidc(_) => "oidc",
+            IdentityProviderKind::Local(_) => "local",
+        }
+    }
+}
+
+/// The kind of an identity provider and its settings.
+#[derive(Debug, Clone)]
+pub enum IdentityProviderKind {
+    /// `type = "oidc"`.
+    Oidc(OidcProviderConfig),
+    /// `type = "local"`.
+    Local(LocalProviderConfig),
+}
+
+/// Settings of an OpenID Connect provider.
+#[derive(Clone)]
+pub struct OidcProviderConfig {
+    /// `issuer`: discovery at `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// `client_id`.
+    pub client_id: String,
+    /// `client_secret`, or the variable named by `client_secret_env`.
+    pub client_secret: Option<String>,
+    /// `scopes` (default `["openid", "email", "profile"]`).
+    pub scopes: Vec<String>,
+    /// `groups_claim`: the claim holding groups, in the ID token or userinfo.
+    pub groups_claim: Option<String>,
+}
+
+impl fmt::Debug for OidcProviderConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OidcProviderConfig")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("scopes", &self.scopes)
+            .field("groups_claim", &self.groups_claim)
+            .finish()
+    }
+}
+
+/// Settings of the local-users provider.
+#[derive(Debug, Clone)]
+pub struct LocalProviderConfig {
+    /// `users_file`, resolved against the configuration's directory.
+    pub users_file: PathBuf,
 }
 
 /// How logs are written.
@@ -384,6 +501,12 @@ pub struct AppConfig {
     pub session_duration: Duration,
     /// `service_token_header`: one header holding both credentials as JSON.
     pub service_token_header: Option<http::HeaderName>,
+    /// `identity_providers`: ids of the providers offered at login
+    /// (default: all, in listed order).
+    pub identity_providers: Vec<String>,
+    /// `token_groups`: when set, only these groups go into the app's
+    /// tokens (policies still see every group of the session).
+    pub token_groups: Option<Vec<String>>,
     /// `policies`, in listed order.
     pub policies: Vec<Policy>,
 }
@@ -689,6 +812,34 @@ fn validate(
         queue_capacity: a.queue_capacity.unwrap_or(65536).max(16),
     };
 
+    // [login]
+    let l = raw.login;
+    let login = LoginConfig {
+        session_duration: duration(
+            "login.session_duration",
+            l.session_duration.as_deref(),
+            "24h",
+            issues,
+        ),
+        max_failures_per_account: l.max_failures_per_account.unwrap_or(5).max(1),
+        max_failures_per_address: l.max_failures_per_address.unwrap_or(20).max(1),
+        failure_window: duration(
+            "login.failure_window",
+            l.failure_window.as_deref(),
+            "15m",
+            issues,
+        ),
+    };
+    if login.session_duration > keys.keep_previous {
+        issues.push(issue(
+            "login.session_duration",
+            "must not exceed keys.keep_previous, or sessions would outlive the key that signed them",
+        ));
+    }
+
+    // [[identity_providers]]
+    let identity_providers = identity_providers(raw.identity_providers, base, env, issues);
+
     // [[apps]]
     let mut names = HashSet::new();
     let mut routes = HashSet::new();
@@ -821,7 +972,23 @@ fn validate(
                 exclude,
             });
         }
+        let app_providers = match app.identity_providers {
+            None => identity_providers.iter().map(|p| p.id.clone()).collect(),
+            Some(list) => {
+                for (n, id) in list.iter().enumerate() {
+                    if !identity_providers.iter().any(|p| &p.id == id) {
+                        issues.push(issue(
+                            format!("{key}.identity_providers[{n}]"),
+                            format!("{id:?} is not the id of any [[identity_providers]] entry"),
+                        ));
+                    }
+                }
+                list
+            }
+        };
         apps.push(AppConfig {
+            identity_providers: app_providers,
+            token_groups: app.token_groups,
             name: app.name,
             host,
             host_has_port,
@@ -839,8 +1006,180 @@ fn validate(
         keys,
         service_tokens,
         audit,
+        login,
+        identity_providers,
         apps,
     }
+}
+
+fn identity_providers(
+    raw: Vec<RawIdentityProvider>,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    issues: &mut Vec<ConfigIssue>,
+) -> Vec<IdentityProviderConfig> {
+    let mut ids = HashSet::new();
+    let mut out = Vec::new();
+    for (i, p) in raw.into_iter().enumerate() {
+        let key = format!("identity_providers[{i}]");
+        let id_ok = !p.id.is_empty()
+            && p.id.len() <= 64
+            && p.id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !id_ok {
+            issues.push(issue(
+                format!("{key}.id"),
+                "must be 1 to 64 letters, digits, '-', '_' or '.', e.g. \"corp\"",
+            ));
+        } else if !ids.insert(p.id.clone()) {
+            issues.push(issue(
+                format!("{key}.id"),
+                format!("{:?} is used by two identity providers", p.id),
+            ));
+        }
+        let unexpected = |field: &str, present: bool, issues: &mut Vec<ConfigIssue>| {
+            if present {
+                issues.push(issue(
+                    format!("{key}.{field}"),
+                    format!("does not apply to type {:?}", p.kind),
+                ));
+            }
+        };
+        let kind = match p.kind.as_str() {
+            "oidc" => {
+                unexpected("users_file", p.users_file.is_some(), issues);
+                let issuer = match p.issuer.as_deref().map(str::trim) {
+                    Some(u)
+                        if url::Url::parse(u)
+                            .is_ok_and(|u| matches!(u.scheme(), "https" | "http")) =>
+                    {
+                        u.to_owned()
+                    }
+                    Some(u) => {
+                        issues.push(issue(
+                            format!("{key}.issuer"),
+                            format!("{u:?} is not an http(s) URL; use the provider's issuer, e.g. \"https://sso.example.com/\""),
+                        ));
+                        String::new()
+                    }
+                    None => {
+                        issues.push(issue(
+                            format!("{key}.issuer"),
+                            "missing; set the provider's issuer URL (discovery is at {issuer}/.well-known/openid-configuration)",
+                        ));
+                        String::new()
+                    }
+                };
+                let client_id = p
+                    .client_id
+                    .clone()
+                    .filter(|c| !c.trim().is_empty())
+                    .unwrap_or_else(|| {
+                        issues.push(issue(
+                            format!("{key}.client_id"),
+                            "missing; set the client id registered at the provider",
+                        ));
+                        String::new()
+                    });
+                let client_secret = match (&p.client_secret, &p.client_secret_env) {
+                    (Some(_), Some(_)) => {
+                        issues.push(issue(
+                            format!("{key}.client_secret_env"),
+                            "set either client_secret or client_secret_env, not both",
+                        ));
+                        None
+                    }
+                    (Some(secret), None) => Some(secret.clone()),
+                    (None, Some(var)) => match env(var).filter(|v| !v.is_empty()) {
+                        Some(v) => Some(v),
+                        None => {
+                            issues.push(issue(
+                                format!("{key}.client_secret_env"),
+                                format!("the environment variable {var} is not set; export it with the client secret"),
+                            ));
+                            None
+                        }
+                    },
+                    (None, None) => None,
+                };
+                let scopes = p
+                    .scopes
+                    .clone()
+                    .unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]);
+                if !scopes.iter().any(|s| s == "openid") {
+                    issues.push(issue(format!("{key}.scopes"), "must include \"openid\""));
+                }
+                if scopes
+                    .iter()
+                    .any(|s| s.is_empty() || s.contains(char::is_whitespace))
+                {
+                    issues.push(issue(
+                        format!("{key}.scopes"),
+                        "scopes must be single words",
+                    ));
+                }
+                IdentityProviderKind::Oidc(OidcProviderConfig {
+                    issuer,
+                    client_id,
+                    client_secret,
+                    scopes,
+                    groups_claim: p.groups_claim.clone().filter(|g| !g.is_empty()),
+                })
+            }
+            "local" => {
+                for (field, present) in [
+                    ("issuer", p.issuer.is_some()),
+                    ("client_id", p.client_id.is_some()),
+                    ("client_secret", p.client_secret.is_some()),
+                    ("client_secret_env", p.client_secret_env.is_some()),
+                    ("scopes", p.scopes.is_some()),
+                    ("groups_claim", p.groups_claim.is_some()),
+                ] {
+                    unexpected(field, present, issues);
+                }
+                let users_file = match p.users_file.as_deref() {
+                    Some(f) if !f.trim().is_empty() => resolve(base, f.trim()),
+                    _ => {
+                        issues.push(issue(
+                            format!("{key}.users_file"),
+                            "missing; name a TOML file of [[users]] (email, name, groups, password_hash)",
+                        ));
+                        PathBuf::new()
+                    }
+                };
+                IdentityProviderKind::Local(LocalProviderConfig { users_file })
+            }
+            other => {
+                issues.push(issue(
+                    format!("{key}.type"),
+                    format!("{other:?} is not one of \"oidc\", \"local\""),
+                ));
+                continue;
+            }
+        };
+        out.push(IdentityProviderConfig {
+            name: p
+                .name
+                .clone()
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| p.id.clone()),
+            id: p.id,
+            kind,
+        });
+    }
+    if out
+        .iter()
+        .filter(|p| matches!(p.kind, IdentityProviderKind::Local(_)))
+        .count()
+        > 1
+    {
+        issues.push(issue(
+            "identity_providers",
+            "at most one provider may have type \"local\"; list every user in its users_file",
+        ));
+    }
+    out
 }
 
 fn selector(s: RawSelector, key: &str, issues: &mut Vec<ConfigIssue>) -> Option<Selector> {

@@ -3,7 +3,9 @@
 //! policies, audit the decision, and forward or refuse.
 //!
 //! Stages, in order:
-//! 1. the team domain serves `/cdn-cgi/access/certs`;
+//! 1. the team domain serves `/cdn-cgi/access/certs` and the login routes
+//!    (see [`crate::login`]); on app hosts `/cdn-cgi/access/authorized`,
+//!    `logout` and `get-identity` are the gateway's own;
 //! 2. the app is chosen by host (and optional path prefix) — none: 404 `unknown_host`;
 //! 3. service credentials, when present, must authenticate (401
 //!    `bad_credentials`; 429 `rate_limited` after repeated failures);
@@ -38,7 +40,10 @@ use crate::metrics::Metrics;
 use crate::policy::{Decision, Outcome, evaluate};
 use crate::proxy::{Forwarder, Outgoing, remove_hop_by_hop};
 use crate::ratelimit::FailureLimiter;
-use crate::response::{Body, rejection, rejection_with};
+use crate::response::{Body, rejection};
+
+/// Paths under this prefix on an app host are the gateway's own.
+const ACCESS_PATH_PREFIX: &str = "/cdn-cgi/access/";
 use crate::service_tokens::ServiceTokens;
 use crate::store::{AuditRecord, Storage};
 
@@ -73,6 +78,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// The origin client.
     pub forwarder: Forwarder,
+    /// Identity providers, sessions and revocation.
+    pub login: crate::login::Login,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -159,7 +166,15 @@ impl Gateway {
             return rejection(ErrorCode::UnknownHost);
         };
         if host == self.config.server.team_host {
-            return self.team_domain(&req);
+            return self.team_domain(req, peer).await;
+        }
+        if req.uri().path().starts_with(ACCESS_PATH_PREFIX)
+            && let Some(app) = self
+                .route(&host, req.uri().path())
+                .or_else(|| self.apps.iter().find(|a| self.host_matches(a, &host)))
+            && let Some(response) = self.app_routes(app, &req).await
+        {
+            return response;
         }
         let Some(app) = self.route(&host, req.uri().path()) else {
             self.metrics
@@ -174,7 +189,15 @@ impl Gateway {
             .await
     }
 
-    fn team_domain(&self, req: &Request<Incoming>) -> Response<Body> {
+    fn host_matches(&self, app: &App, host: &str) -> bool {
+        if app.config.host_has_port {
+            app.config.host == host
+        } else {
+            app.config.host == strip_port(host)
+        }
+    }
+
+    async fn team_domain(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         if req.uri().path() == CERTS_PATH && matches!(*req.method(), Method::GET | Method::HEAD) {
             let doc = self.keys.ring().certs_document(crate::clock::now());
             let mut response = crate::response::json(StatusCode::OK, &doc);
@@ -186,10 +209,7 @@ impl Gateway {
             }
             return response;
         }
-        rejection_with(
-            ErrorCode::UnknownHost,
-            "Nothing is served at this path of the team domain.",
-        )
+        self.team_routes(req, peer).await
     }
 
     async fn admission(
@@ -248,6 +268,12 @@ impl Gateway {
         }
         if !claims.is_app_token() {
             return Ok(Admission::None(Some(ErrorCode::MalformedToken)));
+        }
+        // A token of a session that was logged out or revoked.
+        if let Some(sid) = claims.extra.get("sid").and_then(|v| v.as_str())
+            && self.login.sessions.is_revoked(sid)
+        {
+            return Ok(Admission::None(Some(ErrorCode::Expired)));
         }
         Ok(Admission::Token {
             claims,
@@ -346,6 +372,19 @@ impl Gateway {
                     (Principal::Anonymous, None) => ErrorCode::MissingToken,
                     _ => ErrorCode::Forbidden,
                 };
+                // Page navigations go to the login page; fetch/XHR get JSON.
+                if matches!(principal, Principal::Anonymous)
+                    && let Some(host) = request_host(&req)
+                    && let Some(response) = self.login_redirect(app, &req, &host)
+                {
+                    audit(&principal, None, "deny", code.as_str());
+                    tracing::info!(
+                        decision = "deny",
+                        code = code.as_str(),
+                        "redirected to login"
+                    );
+                    return response;
+                }
                 audit(&principal, None, "deny", code.as_str());
                 tracing::info!(decision = "deny", code = code.as_str(), "refused");
                 rejection(code)
@@ -506,9 +545,9 @@ fn strip_cookie(headers: &mut HeaderMap, name: &str, remove: bool) {
     }
 }
 
-/// The user behind an app token. Part 2 (logins) puts the identity
-/// provider's id in the token so that `login_method` selectors apply;
-/// until then it is read from a `login_method` claim when present.
+/// The user behind an app token. Tokens minted at login carry the identity
+/// provider's id in `login_method` (and `idp.id`), so `login_method`
+/// selectors apply.
 pub fn user_from_claims(claims: &AccessClaims) -> UserIdentity {
     UserIdentity {
         email: claims

@@ -62,6 +62,9 @@ pub enum StartError {
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// Identity providers could not be set up.
+    #[error(transparent)]
+    Login(#[from] crate::login::LoginSetupError),
 }
 
 /// Storage, keys and tokens opened for a configuration.
@@ -79,9 +82,12 @@ pub struct Services {
     pub keys: Arc<KeyManager>,
     /// Service tokens.
     pub tokens: Arc<ServiceTokens>,
+    /// The audience of org (team session) tokens, generated once.
+    pub org_aud: String,
 }
 
 const MASTER_KEY_META: &str = "master_key_fingerprint";
+const ORG_AUD_META: &str = "org_aud";
 
 impl Services {
     /// Opens storage and binds apps to AUD tags.
@@ -113,12 +119,18 @@ impl Services {
                 aud,
             });
         }
+        let org_aud = store
+            .meta_insert_or_get(ORG_AUD_META, &random_hex::<32>())
+            .await?;
         let keys = Arc::new(KeyManager::new(
             store.clone(),
             master.clone(),
             config.keys.clone(),
             config.server.team_domain.clone(),
-            apps.iter().map(|a| a.aud.clone()).collect(),
+            apps.iter()
+                .map(|a| a.aud.clone())
+                .chain(std::iter::once(org_aud.clone()))
+                .collect(),
         ));
         let tokens = Arc::new(ServiceTokens::new(
             store.clone(),
@@ -131,6 +143,7 @@ impl Services {
             apps,
             keys,
             tokens,
+            org_aud,
         })
     }
 }
@@ -183,6 +196,13 @@ pub async fn start_with_listeners(
     admin_listener: TcpListener,
 ) -> Result<RunningGateway, StartError> {
     let services = Services::open(config).await?;
+    let login = crate::login::Login::new(
+        &services.config,
+        services.master.clone(),
+        services.store.clone(),
+        services.org_aud.clone(),
+    )?;
+    login.sessions.refresh_revoked().await?;
     services.keys.start().await?;
     services
         .tokens
@@ -216,6 +236,7 @@ pub async fn start_with_listeners(
         apps: services.apps,
         audit,
         metrics,
+        login,
     });
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: config.server.listen,
@@ -280,6 +301,7 @@ async fn background_jobs(gw: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
     let mut tokens = tokio::time::interval(token_every);
     keys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokens.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut purge_in = 0u32;
     loop {
         tokio::select! {
             _ = keys.tick() => {
@@ -290,6 +312,16 @@ async fn background_jobs(gw: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
             _ = tokens.tick() => {
                 if let Err(e) = gw.tokens.refresh_states().await {
                     tracing::warn!(error = %e, "service token refresh failed");
+                }
+                if let Err(e) = gw.login.sessions.refresh_revoked().await {
+                    tracing::warn!(error = %e, "session revocation refresh failed");
+                }
+                purge_in += 1;
+                if purge_in >= 120 {
+                    purge_in = 0;
+                    if let Err(e) = gw.store.purge_expired(crate::clock::now()).await {
+                        tracing::warn!(error = %e, "purging expired login state failed");
+                    }
                 }
             }
             _ = stopped.changed() => return,

@@ -8,8 +8,9 @@
 //! Migrations run when the store is opened. Times are seconds since the
 //! Unix epoch, audit times milliseconds.
 //!
-//! Part 2 (logins) adds sessions and revocations as further methods of
-//! [`Storage`] and a second migration.
+//! Logins add team sessions (revoked ones stay until they expire, so every
+//! replica can learn of a revocation), single-use login codes and
+//! failed-password counters in a second migration.
 
 mod sql;
 
@@ -137,6 +138,48 @@ pub struct AuditQuery {
     pub limit: i64,
 }
 
+/// A team-domain session: who logged in, with which provider, until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Random id (64 hex); carried as `sid` in the tokens of the session.
+    pub id: String,
+    /// Email (lowercase).
+    pub email: String,
+    /// Subject at the provider.
+    pub sub: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Groups, JSON array text.
+    pub groups_json: String,
+    /// The provider's id.
+    pub idp_id: String,
+    /// `oidc` or `local`.
+    pub idp_type: String,
+    /// Two-letter country of the login request, when known.
+    pub country: Option<String>,
+    /// Login time.
+    pub created_at: i64,
+    /// Expiry.
+    pub expires_at: i64,
+    /// Revocation (logout or admin) time.
+    pub revoked_at: Option<i64>,
+}
+
+/// A single-use code that carries a session to an app host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginCodeRecord {
+    /// Hex SHA-256 of the code (the code itself is never stored).
+    pub code_hash: String,
+    /// The session it hands over.
+    pub session_id: String,
+    /// The app it is for.
+    pub app: String,
+    /// Where to send the browser afterwards (already checked).
+    pub redirect_url: String,
+    /// Expiry.
+    pub expires_at: i64,
+}
+
 /// The gateway's persistent state.
 #[async_trait]
 pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
@@ -190,4 +233,34 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn append_audit(&self, rows: &[AuditRecord]) -> StoreResult<()>;
     /// Reads audit rows, newest first.
     async fn audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>>;
+
+    /// Stores a new session.
+    async fn insert_session(&self, session: &SessionRecord) -> StoreResult<()>;
+    /// A session by id (revoked and expired ones included).
+    async fn session(&self, id: &str) -> StoreResult<Option<SessionRecord>>;
+    /// Revokes one session; `false` when it does not exist or already was.
+    async fn revoke_session(&self, id: &str, now: i64) -> StoreResult<bool>;
+    /// Revokes every live session of an email; returns their ids.
+    async fn revoke_user_sessions(&self, email: &str, now: i64) -> StoreResult<Vec<String>>;
+    /// Ids of revoked sessions that have not yet expired.
+    async fn revoked_sessions(&self, now: i64) -> StoreResult<Vec<String>>;
+    /// Stores a login code.
+    async fn insert_login_code(&self, code: &LoginCodeRecord) -> StoreResult<()>;
+    /// Takes (deletes and returns) a login code, so it works once; `None`
+    /// when unknown, already used or expired.
+    async fn take_login_code(
+        &self,
+        code_hash: &str,
+        now: i64,
+    ) -> StoreResult<Option<LoginCodeRecord>>;
+    /// Counts a failed login for `key` in a window of `window` seconds
+    /// starting at the first failure; returns the count in the window.
+    async fn record_login_failure(&self, key: &str, now: i64, window: i64) -> StoreResult<i64>;
+    /// Failed logins for `key` in its current window.
+    async fn login_failures(&self, key: &str, now: i64, window: i64) -> StoreResult<i64>;
+    /// Forgets the failures of `key` (after a successful login).
+    async fn clear_login_failures(&self, key: &str) -> StoreResult<()>;
+    /// Deletes expired codes, failure counters and sessions that expired
+    /// more than a day ago.
+    async fn purge_expired(&self, now: i64) -> StoreResult<()>;
 }

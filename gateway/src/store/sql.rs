@@ -12,8 +12,8 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::{AnyPool, Row as _};
 
 use super::{
-    AppRecord, AuditQuery, AuditRecord, ServiceTokenRecord, SigningKeyRecord, Storage, StoreError,
-    StoreResult,
+    AppRecord, AuditQuery, AuditRecord, LoginCodeRecord, ServiceTokenRecord, SessionRecord,
+    SigningKeyRecord, Storage, StoreError, StoreResult,
 };
 
 /// Which database a URL names.
@@ -42,18 +42,30 @@ impl MigrationSource<'static> for Migrations {
                 + Send,
         >,
     > {
-        let init = match self.0 {
-            Backend::Sqlite => include_str!("migrations/sqlite_0001_init.sql"),
-            Backend::Postgres => include_str!("migrations/postgres_0001_init.sql"),
+        let (init, sessions) = match self.0 {
+            Backend::Sqlite => (
+                include_str!("migrations/sqlite_0001_init.sql"),
+                include_str!("migrations/sqlite_0002_sessions.sql"),
+            ),
+            Backend::Postgres => (
+                include_str!("migrations/postgres_0001_init.sql"),
+                include_str!("migrations/postgres_0002_sessions.sql"),
+            ),
+        };
+        let migration = |version, name, sql| {
+            Migration::new(
+                version,
+                Cow::Borrowed(name),
+                MigrationType::Simple,
+                Cow::Borrowed(sql),
+                false,
+            )
         };
         Box::pin(async move {
-            Ok(vec![Migration::new(
-                1,
-                Cow::Borrowed("init"),
-                MigrationType::Simple,
-                Cow::Borrowed(init),
-                false,
-            )])
+            Ok(vec![
+                migration(1, "init", init),
+                migration(2, "sessions", sessions),
+            ])
         })
     }
 }
@@ -61,6 +73,7 @@ impl MigrationSource<'static> for Migrations {
 const TOKEN_COLUMNS: &str = "client_id, name, secret_hash, previous_secret_hash, previous_valid_until, created_at, expires_at, rotated_at, revoked_at, last_used_at";
 const KEY_COLUMNS: &str =
     "generation, kid, created_at, activates_at, public_jwk, cert_pem, private_key_enc";
+const SESSION_COLUMNS: &str = "id, email, sub, name, groups_json, idp_id, idp_type, country, created_at, expires_at, revoked_at";
 const AUDIT_COLUMNS: &str =
     "at_ms, app, identity, identity_kind, policy, decision, reason, source_ip";
 
@@ -150,6 +163,22 @@ fn key_from_row(row: &AnyRow) -> Result<SigningKeyRecord, sqlx::Error> {
         public_jwk: row.try_get("public_jwk")?,
         cert_pem: row.try_get("cert_pem")?,
         private_key_enc: row.try_get("private_key_enc")?,
+    })
+}
+
+fn session_from_row(row: &AnyRow) -> Result<SessionRecord, sqlx::Error> {
+    Ok(SessionRecord {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        sub: row.try_get("sub")?,
+        name: row.try_get("name")?,
+        groups_json: row.try_get("groups_json")?,
+        idp_id: row.try_get("idp_id")?,
+        idp_type: row.try_get("idp_type")?,
+        country: row.try_get("country")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
     })
 }
 
@@ -439,5 +468,169 @@ impl Storage for SqlStore {
         q = q.bind(query.limit.clamp(1, 10_000));
         let rows = q.fetch_all(&self.pool).await?;
         Ok(rows.iter().map(audit_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn insert_session(&self, x: &SessionRecord) -> StoreResult<()> {
+        let sql = format!(
+            "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        );
+        sqlx::query(&sql)
+            .bind(&x.id)
+            .bind(&x.email)
+            .bind(&x.sub)
+            .bind(x.name.clone())
+            .bind(&x.groups_json)
+            .bind(&x.idp_id)
+            .bind(&x.idp_type)
+            .bind(x.country.clone())
+            .bind(x.created_at)
+            .bind(x.expires_at)
+            .bind(x.revoked_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn session(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(session_from_row).transpose()?)
+    }
+
+    async fn revoke_session(&self, id: &str, now: i64) -> StoreResult<bool> {
+        let done =
+            sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn revoke_user_sessions(&self, email: &str, now: i64) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(
+            "UPDATE sessions SET revoked_at = $1 WHERE email = $2 AND revoked_at IS NULL \
+             AND expires_at > $3 RETURNING id",
+        )
+        .bind(now)
+        .bind(email)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn revoked_sessions(&self, now: i64) -> StoreResult<Vec<String>> {
+        let rows =
+            sqlx::query("SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND expires_at > $1")
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn insert_login_code(&self, c: &LoginCodeRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO login_codes (code_hash, session_id, app, redirect_url, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&c.code_hash)
+        .bind(&c.session_id)
+        .bind(&c.app)
+        .bind(&c.redirect_url)
+        .bind(c.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_login_code(
+        &self,
+        code_hash: &str,
+        now: i64,
+    ) -> StoreResult<Option<LoginCodeRecord>> {
+        // DELETE … RETURNING is atomic: of two racing requests only one
+        // gets the row.
+        let row = sqlx::query(
+            "DELETE FROM login_codes WHERE code_hash = $1 \
+             RETURNING code_hash, session_id, app, redirect_url, expires_at",
+        )
+        .bind(code_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let code = LoginCodeRecord {
+            code_hash: row.try_get("code_hash")?,
+            session_id: row.try_get("session_id")?,
+            app: row.try_get("app")?,
+            redirect_url: row.try_get("redirect_url")?,
+            expires_at: row.try_get("expires_at")?,
+        };
+        Ok((code.expires_at > now).then_some(code))
+    }
+
+    async fn record_login_failure(&self, key: &str, now: i64, window: i64) -> StoreResult<i64> {
+        // SET expressions see the row as it was before the update, on
+        // both SQLite and PostgreSQL.
+        let row = sqlx::query(
+            "INSERT INTO login_failures (key, window_start, failures) VALUES ($1, $2, 1) \
+             ON CONFLICT (key) DO UPDATE SET \
+             failures = CASE WHEN login_failures.window_start > $3 THEN login_failures.failures + 1 ELSE 1 END, \
+             window_start = CASE WHEN login_failures.window_start > $4 THEN login_failures.window_start ELSE $5 END \
+             RETURNING failures",
+        )
+        .bind(key)
+        .bind(now)
+        .bind(now - window)
+        .bind(now - window)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("failures")?)
+    }
+
+    async fn login_failures(&self, key: &str, now: i64, window: i64) -> StoreResult<i64> {
+        let row =
+            sqlx::query("SELECT failures FROM login_failures WHERE key = $1 AND window_start > $2")
+                .bind(key)
+                .bind(now - window)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| r.try_get("failures")).transpose()?.unwrap_or(0))
+    }
+
+    async fn clear_login_failures(&self, key: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM login_failures WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn purge_expired(&self, now: i64) -> StoreResult<()> {
+        sqlx::query("DELETE FROM login_codes WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM login_failures WHERE window_start < $1")
+            .bind(now - 86_400)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+            .bind(now - 86_400)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

@@ -1,0 +1,437 @@
+//! OpenID Connect relying party, on the `openidconnect` crate.
+//!
+//! Per provider: discovery (the document's `issuer` must equal the
+//! configured one; cached for an hour), the authorization code flow with
+//! PKCE (S256), `state` and `nonce` (kept by the caller in a sealed
+//! pre-login cookie), the code exchange with `client_secret_basic`, and
+//! ID token validation (signature with the provider's JWKS, `iss`, `aud`,
+//! `exp`, `iat`, `nonce`; `alg: none` refused). When the ID token names a
+//! key the cached JWKS lacks, the provider's keys are fetched again (at
+//! most once per ten seconds) and validation retried, so a provider's key
+//! rotation does not break logins. Userinfo, when the provider has it, is
+//! fetched after the ID token passed, must name the same `sub`, and fills
+//! in email, name and groups.
+//!
+//! HTTP goes through reqwest 0.13 (the workspace's), with redirects off,
+//! timeouts, and bodies capped at 1 MiB.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use openidconnect::core::{
+    CoreAuthenticationFlow, CoreClient, CoreProviderMetadata, CoreTokenResponse,
+};
+use openidconnect::{
+    AsyncHttpClient, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken,
+    HttpRequest, HttpResponse, IssuerUrl, Nonce, OAuth2TokenResponse as _, PkceCodeChallenge,
+    PkceCodeVerifier, RedirectUrl, Scope, SignatureVerificationError, TokenResponse as _,
+};
+use serde_json::Value;
+
+use crate::config::{IdentityProviderConfig, OidcProviderConfig};
+use crate::identity::UserIdentity;
+
+const MAX_BODY: usize = 1024 * 1024;
+const METADATA_TTL: Duration = Duration::from_secs(3600);
+const FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// An HTTP failure talking to a provider.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HttpError(String);
+
+/// The HTTP client handed to `openidconnect`: reqwest without redirects.
+#[derive(Debug, Clone)]
+pub struct HttpClient(reqwest::Client);
+
+impl HttpClient {
+    /// A client with connect and total timeouts and no redirects (a
+    /// provider must not bounce our back-channel calls elsewhere).
+    pub fn new() -> Result<Self, HttpError> {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map(HttpClient)
+            .map_err(|e| HttpError(e.to_string()))
+    }
+
+    async fn execute(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let (parts, body) = request.into_parts();
+        let response = self
+            .0
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| HttpError(format!("request failed: {}", e.without_url())))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| HttpError(format!("reading the response failed: {}", e.without_url())))?
+        {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(HttpError("response larger than 1 MiB".into()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let mut out = http::Response::new(body);
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        Ok(out)
+    }
+}
+
+impl<'c> AsyncHttpClient<'c> for HttpClient {
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, HttpError>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(self.execute(request))
+    }
+}
+
+/// Why an OIDC login failed; the message is shown on the error page (it
+/// names what was wrong, never a token or secret).
+#[derive(Debug, thiserror::Error)]
+pub enum OidcError {
+    /// Discovery or the JWKS could not be had.
+    #[error(
+        "the identity provider could not be reached or its discovery document is unusable: {0}"
+    )]
+    Unavailable(String),
+    /// The code exchange failed.
+    #[error(
+        "the identity provider refused the sign-in code or sent an unusable token response: {0}"
+    )]
+    TokenExchange(String),
+    /// The token response had no ID token.
+    #[error("the identity provider sent no ID token")]
+    NoIdToken,
+    /// The ID token did not validate.
+    #[error("the ID token from the identity provider is not valid: {0}")]
+    IdToken(String),
+    /// Userinfo failed or disagreed with the ID token.
+    #[error("the identity provider's userinfo is not usable: {0}")]
+    UserInfo(String),
+    /// Neither the ID token nor userinfo had an email address.
+    #[error(
+        "the identity provider did not share a (verified) email address; ask for the \"email\" scope"
+    )]
+    NoEmail,
+}
+
+/// What the caller keeps (sealed) between the redirect and the callback.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Pending {
+    /// `state` sent to the provider.
+    pub state: String,
+    /// `nonce` sent to the provider.
+    pub nonce: String,
+    /// PKCE verifier.
+    pub pkce: String,
+}
+
+struct Cached {
+    metadata: CoreProviderMetadata,
+    fetched: Instant,
+}
+
+/// One OpenID Connect provider.
+pub struct OidcProvider {
+    id: String,
+    config: OidcProviderConfig,
+    redirect_uri: String,
+    http: HttpClient,
+    cache: tokio::sync::Mutex<Option<Cached>>,
+    last_forced: std::sync::Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for OidcProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcProvider")
+            .field("id", &self.id)
+            .field("issuer", &self.config.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OidcProvider {
+    /// A provider whose redirect URI is `{team_domain}/cdn-cgi/access/callback`.
+    pub fn new(
+        idp: &IdentityProviderConfig,
+        config: &OidcProviderConfig,
+        team_domain: &str,
+        http: HttpClient,
+    ) -> Self {
+        OidcProvider {
+            id: idp.id.clone(),
+            config: config.clone(),
+            redirect_uri: format!("{team_domain}{}", portcullis_core::wire::CALLBACK_PATH),
+            http,
+            cache: tokio::sync::Mutex::new(None),
+            last_forced: std::sync::Mutex::new(None),
+        }
+    }
+
+    async fn metadata(&self, force: bool) -> Result<CoreProviderMetadata, OidcError> {
+        let mut cache = self.cache.lock().await;
+        if !force
+            && let Some(c) = cache.as_ref()
+            && c.fetched.elapsed() < METADATA_TTL
+        {
+            return Ok(c.metadata.clone());
+        }
+        let issuer = IssuerUrl::new(self.config.issuer.clone())
+            .map_err(|e| OidcError::Unavailable(e.to_string()))?;
+        let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
+            .await
+            .map_err(|e| OidcError::Unavailable(describe(&e)))?;
+        *cache = Some(Cached {
+            metadata: metadata.clone(),
+            fetched: Instant::now(),
+        });
+        Ok(metadata)
+    }
+
+    fn may_force_refresh(&self) -> bool {
+        let mut last = self.last_forced.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < FORCED_REFRESH_INTERVAL) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
+    fn client(
+        &self,
+        metadata: CoreProviderMetadata,
+    ) -> Result<
+        CoreClient<
+            openidconnect::EndpointSet,
+            openidconnect::EndpointNotSet,
+            openidconnect::EndpointNotSet,
+            openidconnect::EndpointNotSet,
+            openidconnect::EndpointMaybeSet,
+            openidconnect::EndpointMaybeSet,
+        >,
+        OidcError,
+    > {
+        let redirect = RedirectUrl::new(self.redirect_uri.clone())
+            .map_err(|e| OidcError::Unavailable(e.to_string()))?;
+        Ok(CoreClient::from_provider_metadata(
+            metadata,
+            ClientId::new(self.config.client_id.clone()),
+            self.config.client_secret.clone().map(ClientSecret::new),
+        )
+        .set_redirect_uri(redirect))
+    }
+
+    /// Starts a login: the URL to send the browser to and what to keep.
+    pub async fn start(&self) -> Result<(String, Pending), OidcError> {
+        let client = self.client(self.metadata(false).await?)?;
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut request = client.authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        );
+        for scope in self.config.scopes.iter().filter(|s| *s != "openid") {
+            request = request.add_scope(Scope::new(scope.clone()));
+        }
+        let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
+        Ok((
+            url.to_string(),
+            Pending {
+                state: state.secret().clone(),
+                nonce: nonce.secret().clone(),
+                pkce: verifier.secret().clone(),
+            },
+        ))
+    }
+
+    /// Finishes a login: exchanges `code`, validates the ID token, merges
+    /// userinfo. `state` must already have been checked by the caller.
+    pub async fn finish(&self, code: &str, pending: &Pending) -> Result<UserIdentity, OidcError> {
+        let metadata = self.metadata(false).await?;
+        let client = self.client(metadata.clone())?;
+        let token: CoreTokenResponse = client
+            .exchange_code(AuthorizationCode::new(code.to_owned()))
+            .map_err(|e| OidcError::TokenExchange(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(pending.pkce.clone()))
+            .request_async(&self.http)
+            .await
+            .map_err(|e| OidcError::TokenExchange(describe(&e)))?;
+        let id_token = token.id_token().ok_or(OidcError::NoIdToken)?;
+        let nonce = Nonce::new(pending.nonce.clone());
+        let verified = {
+            let verifier = client.id_token_verifier();
+            match id_token.claims(&verifier, &nonce) {
+                Ok(claims) => Ok(claims.clone()),
+                Err(ClaimsVerificationError::SignatureVerification(
+                    SignatureVerificationError::NoMatchingKey,
+                )) => Err(()),
+                Err(e) => return Err(OidcError::IdToken(e.to_string())),
+            }
+        };
+        let claims = match verified {
+            Ok(c) => c,
+            Err(()) => {
+                // The provider may have rotated its keys: fetch them again.
+                if !self.may_force_refresh() {
+                    return Err(OidcError::IdToken(
+                        "no key of the provider matches the token's key id".into(),
+                    ));
+                }
+                let fresh = self.client(self.metadata(true).await?)?;
+                let verifier = fresh.id_token_verifier();
+                id_token
+                    .claims(&verifier, &nonce)
+                    .map_err(|e| OidcError::IdToken(e.to_string()))?
+                    .clone()
+            }
+        };
+        let sub = claims.subject().as_str().to_owned();
+        if sub.is_empty() {
+            return Err(OidcError::IdToken("the sub claim is empty".into()));
+        }
+        let raw = payload(&id_token.to_string());
+        let mut email = claims.email().map(|e| e.as_str().to_owned());
+        let mut email_verified = claims.email_verified();
+        let mut name = claims
+            .name()
+            .and_then(|n| n.get(None))
+            .map(|n| n.as_str().to_owned())
+            .or_else(|| claims.preferred_username().map(|u| u.as_str().to_owned()));
+        let mut groups = self.groups(&raw);
+        if let Some(endpoint) = metadata.userinfo_endpoint() {
+            let info = self
+                .userinfo(endpoint.url().as_str(), token.access_token().secret())
+                .await?;
+            match info.get("sub").and_then(Value::as_str) {
+                Some(s) if crate::crypto::constant_time_eq(s.as_bytes(), sub.as_bytes()) => {}
+                Some(_) => {
+                    return Err(OidcError::UserInfo(
+                        "its sub differs from the ID token's".into(),
+                    ));
+                }
+                None => return Err(OidcError::UserInfo("it has no sub".into())),
+            }
+            if let Some(e) = info.get("email").and_then(Value::as_str) {
+                email = Some(e.to_owned());
+                email_verified = info.get("email_verified").and_then(Value::as_bool);
+            }
+            if let Some(n) = info.get("name").and_then(Value::as_str) {
+                name = Some(n.to_owned());
+            }
+            let more = self.groups(&info);
+            if !more.is_empty() {
+                groups = more;
+            }
+        }
+        let email = email
+            .filter(|e| e.contains('@'))
+            .filter(|_| email_verified != Some(false))
+            .ok_or(OidcError::NoEmail)?;
+        Ok(UserIdentity {
+            email: email.to_ascii_lowercase(),
+            sub,
+            name,
+            groups,
+            login_method: Some(self.id.clone()),
+        })
+    }
+
+    fn groups(&self, claims: &Value) -> Vec<String> {
+        let Some(name) = &self.config.groups_claim else {
+            return Vec::new();
+        };
+        match claims.get(name) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            Some(Value::String(s)) => vec![s.clone()],
+            _ => Vec::new(),
+        }
+    }
+
+    async fn userinfo(&self, url: &str, access_token: &str) -> Result<Value, OidcError> {
+        let request = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(url)
+            .header(http::header::ACCEPT, "application/json")
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {access_token}"),
+            )
+            .body(Vec::new())
+            .map_err(|e| OidcError::UserInfo(e.to_string()))?;
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| OidcError::UserInfo(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(OidcError::UserInfo(format!(
+                "the endpoint answered {}",
+                response.status()
+            )));
+        }
+        let is_json = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|ct| ct.to_ascii_lowercase().starts_with("application/json"));
+        if !is_json {
+            return Err(OidcError::UserInfo(
+                "only JSON userinfo responses are supported".into(),
+            ));
+        }
+        let value: Value = serde_json::from_slice(response.body())
+            .map_err(|_| OidcError::UserInfo("the response is not JSON".into()))?;
+        if !value.is_object() {
+            return Err(OidcError::UserInfo(
+                "the response is not a JSON object".into(),
+            ));
+        }
+        Ok(value)
+    }
+}
+
+/// The JSON payload of a compact JWS whose signature was already checked.
+fn payload(jws: &str) -> Value {
+    jws.split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p.trim_end_matches('='))
+                .ok()
+        })
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// An error and its sources, on one line.
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
