@@ -49,6 +49,7 @@ const provider = new Provider(issuer, {
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
   features: { devInteractions: { enabled: false } },
   pkce: { required: () => false },
+  conformIdTokenClaims: false,
   cookies: { keys: ['e2e-cookie-key-not-a-secret-0001'] },
   ttl: { AccessToken: 600, AuthorizationCode: 60, IdToken: 600, Interaction: 600, Session: 3600, Grant: 3600 },
 });

@@ -1,6 +1,7 @@
 //! End-to-end scenarios. Run one alone with
 //! `cargo test -p portcullis-tests --test e2e <module>::<name>`.
 
+mod browser;
 mod chain;
 mod drills;
 mod interop;
