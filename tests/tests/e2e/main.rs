@@ -5,6 +5,7 @@ mod browser;
 mod chain;
 mod drills;
 mod interop;
+mod login;
 mod replicas;
 
 /// Tests on the shared PostgreSQL server hold this for reading; the drill
