@@ -195,13 +195,15 @@ impl AccessConfig {
         headers: &HeaderMap,
     ) -> Result<Arc<AccessClaims>, ValidationError> {
         let claims = self.validator.validate_headers(headers).await?;
-        if let Err(error) = self.rules.iter().try_for_each(|r| r.check(&claims)) {
-            #[cfg(feature = "metrics")]
-            if let Some(metrics) = self.validator.metrics() {
-                metrics.record(error.code().as_str());
-            }
-            return Err(error);
-        }
+        self.rules
+            .iter()
+            .try_for_each(|r| r.check(&claims))
+            .inspect_err(|_error| {
+                #[cfg(feature = "metrics")]
+                if let Some(metrics) = self.validator.metrics() {
+                    metrics.record(_error.code().as_str());
+                }
+            })?;
         Ok(claims)
     }
 
