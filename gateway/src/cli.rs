@@ -57,7 +57,7 @@ pub enum Command {
     HashPassword,
     /// Start a demo with no set-up on 127.0.0.1: the gateway on SQLite in
     /// DIR, a local user with a generated password, and a "whoami" origin
-    /// at http://whoami.localhost:PORT/. A second run reuses DIR.
+    /// at whoami.localhost:PORT. A second run reuses DIR.
     Quickstart {
         /// Where the database, keys and the generated user live.
         #[arg(long, value_name = "DIR", default_value = "portcullis-data")]

@@ -279,7 +279,7 @@ impl OidcProvider {
                 Err(ClaimsVerificationError::SignatureVerification(
                     SignatureVerificationError::NoMatchingKey,
                 )) => Err(()),
-                Err(e) => return Err(OidcError::IdToken(e.to_string())),
+                Err(e) => return Err(OidcError::IdToken(describe(&e))),
             }
         };
         let claims = match verified {
@@ -295,7 +295,7 @@ impl OidcProvider {
                 let verifier = fresh.id_token_verifier();
                 id_token
                     .claims(&verifier, &nonce)
-                    .map_err(|e| OidcError::IdToken(e.to_string()))?
+                    .map_err(|e| OidcError::IdToken(describe(&e)))?
                     .clone()
             }
         };

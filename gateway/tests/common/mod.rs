@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod mock_op;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
