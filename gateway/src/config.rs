@@ -1436,10 +1436,85 @@ exclude = [{ country = "ru" }]
 
     #[test]
     fn example_config_is_valid() {
-        let c = Config::from_toml_str(include_str!("../gateway.example.toml"), Path::new("/srv"))
-            .unwrap();
+        let env = |name: &str| (name == "CORP_CLIENT_SECRET").then(|| "s3cret".to_owned());
+        let c = Config::parse(
+            include_str!("../gateway.example.toml"),
+            Path::new("/srv"),
+            &env,
+        )
+        .unwrap();
         assert_eq!(c.apps.len(), 1);
-        assert_eq!(c.apps[0].policies.len(), 2);
+        assert_eq!(c.apps[0].policies.len(), 3);
+        assert_eq!(c.identity_providers.len(), 2);
+        assert_eq!(c.apps[0].identity_providers, ["corp", "local"]);
+        assert_eq!(
+            c.apps[0].token_groups.as_deref(),
+            Some(&["eng".to_owned(), "ops".to_owned()][..])
+        );
+        match &c.identity_providers[0].kind {
+            IdentityProviderKind::Oidc(o) => {
+                assert_eq!(o.client_secret.as_deref(), Some("s3cret"));
+                assert!(!format!("{o:?}").contains("s3cret"), "secrets are redacted");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &c.identity_providers[1].kind {
+            IdentityProviderKind::Local(l) => {
+                assert_eq!(l.users_file, Path::new("/srv/users.toml"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = Config::from_toml_str(include_str!("../gateway.example.toml"), Path::new("/srv"))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("identity_providers[0].client_secret_env"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn identity_provider_keys_are_checked() {
+        let text = r#"
+[server]
+team_domain = "https://auth.example.test"
+
+[[identity_providers]]
+id = "corp"
+type = "oidc"
+issuer = "not a url"
+scopes = ["email"]
+users_file = "x.toml"
+
+[[identity_providers]]
+id = "corp"
+type = "saml"
+
+[[identity_providers]]
+id = "pw"
+type = "local"
+
+[[apps]]
+name = "a"
+domain = "a.example.test"
+origin = "http://127.0.0.1:1"
+identity_providers = ["nope"]
+"#;
+        let err = Config::from_toml_str(text, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        for key in [
+            "identity_providers[0].issuer",
+            "identity_providers[0].client_id",
+            "identity_providers[0].scopes",
+            "identity_providers[0].users_file",
+            "identity_providers[1].id",
+            "identity_providers[1].type",
+            "identity_providers[2].users_file",
+            "apps[0].identity_providers[0]",
+        ] {
+            assert!(err.contains(key), "{key} missing from:\n{err}");
+        }
     }
 
     #[test]
