@@ -558,6 +558,31 @@ async fn discovery_issuer_mismatch_state_and_replayed_code() {
     let last = chain.last().unwrap();
     assert_eq!(last.status, 502, "{}", last.body);
     assert!(last.body.contains("Corp SSO is unavailable"));
+    // On an app that also allows local users, the other way keeps working.
+    let mut m = h.browser();
+    let page = m.visit(&h.url("mixed.test", "/")).await.pop().unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Continue with Corp SSO") && page.body.contains("<form"));
+    let corp = m
+        .get(&format!(
+            "http://auth.test:{}/cdn-cgi/access/login/mixed.test:{}?idp=corp&redirect_url=%2F",
+            h.port, h.port
+        ))
+        .await;
+    assert_eq!(corp.status, 502);
+    assert!(corp.body.contains("Corp SSO is unavailable") && corp.body.contains("<form"));
+    let r = m
+        .post_form(
+            &page.url,
+            &[
+                ("email", "alice@example.com"),
+                ("password", ALICE_PASSWORD),
+                ("csrf_token", &form_value(&corp.body, "csrf_token")),
+                ("redirect_url", &form_value(&corp.body, "redirect_url")),
+            ],
+        )
+        .await;
+    assert_eq!(m.follow(r).await.pop().unwrap().status, 200);
     h.op.misbehave(Misbehave::None);
     // Stop at the callback.
     let mut b = h.browser();
