@@ -20,6 +20,7 @@
 //! probed with [`tools`]: outside CI a missing tool makes the test print
 //! `skipped: ...` and return; under `CI=true` it fails.
 
+pub mod agent;
 pub mod apps;
 pub mod browser;
 pub mod front;

@@ -57,6 +57,16 @@ impl OidcProvider {
         Some(provider)
     }
 
+    /// The `[[identity_providers]]` TOML for a gateway using this
+    /// provider's static client, under `id` and display `name` (pass it
+    /// to [`crate::gateway::GatewayConfig::section`]).
+    pub fn gateway_section(&self, id: &str, name: &str) -> String {
+        format!(
+            "[[identity_providers]]\nid = \"{id}\"\nname = \"{name}\"\ntype = \"oidc\"\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n",
+            self.issuer
+        )
+    }
+
     /// The discovery URL.
     pub fn discovery_url(&self) -> String {
         format!("{}/.well-known/openid-configuration", self.issuer)

@@ -1,7 +1,8 @@
-//! Two gateway replicas on one PostgreSQL database behind a front door:
-//! key rotation on one is honoured everywhere; `kill -9` of one during load
-//! on both loses nothing committed, and the audit log matches what was
-//! answered.
+//! Two gateway replicas on one PostgreSQL database: a login through one
+//! works on the other and a revocation on one is honoured by the other
+//! within 5 s; key rotation on one is honoured everywhere (behind a front
+//! door); `kill -9` of one during load on both loses nothing committed,
+//! and the audit log matches what was answered.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,10 +11,12 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use portcullis_core::wire::{AUTHORIZATION_COOKIE, CERTS_PATH, JWT_ASSERTION_HEADER};
 use portcullis_tests::Scratch;
+use portcullis_tests::agent::Agent;
 use portcullis_tests::apps::{LegacyApp, PlainOrigin};
 use portcullis_tests::front::Front;
 use portcullis_tests::gateway::{Gateway, GatewayConfig, ServiceToken, cookie_token};
 use portcullis_tests::net::{free_port, plain_client};
+use portcullis_tests::oidc::{ACCOUNT_EMAIL, OidcProvider};
 use portcullis_tests::pg::PgDatabase;
 use portcullis_tests::sidecar::{Sidecar, SidecarArgs};
 use serde_json::Value;
@@ -301,6 +304,143 @@ async fn kill9_one_replica_during_load_on_both() {
     assert!(p.origin.answered() as i64 >= answered_a + want_b);
     eprintln!(
         "kill -9 under load: A answered {answered_a} (rows {rows_a}), B answered {want_b} ({b_after_kill} after the kill), in {:?}",
+        started.elapsed()
+    );
+}
+
+/// Login through replica A (the real provider's form, driven by a
+/// cookie-keeping agent), the app cookie used on replica B; the user
+/// revoked on B is refused by A within 5 s (measured from the admin API's
+/// answer; A re-reads revocations every `min(keys.reload_interval, 5 s)`,
+/// 1 s in the harness's configuration).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_on_one_replica_cookie_on_the_other_and_revocation_across() {
+    let _shared = crate::PG_RESTART.read().await;
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let started = Instant::now();
+    let scratch = Scratch::new("replicas-login");
+    // The team domain is replica A's own address: the login page, the
+    // provider's callback and the code exchange all go through A.
+    let a_port = free_port();
+    let callback = format!("http://127.0.0.1:{a_port}/cdn-cgi/access/callback");
+    let Some(provider) = OidcProvider::start(
+        &scratch,
+        OidcProvider::reserve_port(),
+        std::slice::from_ref(&callback),
+    )
+    .await
+    else {
+        return;
+    };
+    let origin = PlainOrigin::start().await;
+    let config = GatewayConfig::postgres(&db, &scratch)
+        .team_port(a_port)
+        .section(&provider.gateway_section("e2e", "E2E IdP"))
+        .app(
+            "app-a",
+            "app-a.test",
+            &origin.url(),
+            &format!(
+                "[[apps.policies]]\nname = \"people\"\ndecision = \"allow\"\ninclude = [{{ email = \"{ACCOUNT_EMAIL}\" }}]\n"
+            ),
+        );
+    let a = Gateway::start_on(&scratch, "gateway-a", &config, a_port).await;
+    let b = Gateway::start(&scratch, "gateway-b", &config).await;
+    let on_a = format!("http://app-a.test:{}/", a.port);
+    let on_b = format!("http://app-a.test:{}/", b.port);
+
+    // Log in through A: app → A's login → the provider's form → A's
+    // callback → A's code exchange → the app.
+    let mut agent = Agent::new();
+    let page = agent.oidc_login(&on_a, &provider).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert_eq!(page.url, on_a);
+    assert_eq!(page.body, "origin: token present");
+    assert!(
+        page.went_through(&callback),
+        "callback on A: {:?}",
+        page.hops
+    );
+    assert!(
+        !page
+            .hops
+            .iter()
+            .any(|(_, u)| u.contains(&format!(":{}/", b.port))),
+        "nothing went to B: {:?}",
+        page.hops
+    );
+    let cookie = agent
+        .cookie(AUTHORIZATION_COOKIE, "app-a.test")
+        .expect("app cookie for app-a.test");
+
+    // The cookie on B: the app, and get-identity naming the user.
+    let with_cookie = |gw: &Gateway, path: &str| {
+        gw.client
+            .get(gw.url("app-a.test", path))
+            .header("cookie", format!("{AUTHORIZATION_COOKIE}={cookie}"))
+            .timeout(Duration::from_secs(5))
+            .send()
+    };
+    let r = with_cookie(&b, "/").await.unwrap();
+    assert_eq!(r.status(), 200, "the cookie from A on B");
+    assert_eq!(r.text().await.unwrap(), "origin: token present");
+    let r = with_cookie(&b, "/cdn-cgi/access/get-identity")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let identity: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(identity["email"], ACCOUNT_EMAIL, "{identity}");
+    assert_eq!(identity["idp"]["id"], "e2e", "{identity}");
+    // And as a browser would: a navigation to B, no login asked.
+    let page = agent.navigate(&on_b).await;
+    assert_eq!((page.status, page.hops.len()), (200, 1), "{page:?}");
+
+    // Revoke the user on B: B refuses at once, A within 5 s.
+    let (status, body) = b
+        .admin_post(
+            "/admin/v1/sessions/revoke",
+            &serde_json::json!({ "email": ACCOUNT_EMAIL }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["revoked"].as_u64() >= Some(1), "{body}");
+    let revoked_at = Instant::now();
+    let refused_on_b = with_cookie(&b, "/").await.unwrap().status();
+    assert!(
+        matches!(refused_on_b.as_u16(), 401 | 403),
+        "B after its own revocation: {refused_on_b}"
+    );
+    let refused_on_a = loop {
+        let status = with_cookie(&a, "/").await.unwrap().status();
+        if status != 200 {
+            break status;
+        }
+        assert!(
+            revoked_at.elapsed() <= Duration::from_secs(5),
+            "A still served the revoked session 5 s after the revocation on B"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let propagation = revoked_at.elapsed();
+    assert!(propagation <= Duration::from_secs(5), "{propagation:?}");
+    assert!(
+        matches!(refused_on_a.as_u16(), 401 | 403),
+        "A refused with {refused_on_a}"
+    );
+    // The team session is gone too: A sends the browser through its login
+    // page to the provider again (which still knows the user: no form).
+    let page = agent.navigate(&on_a).await;
+    assert!(
+        page.went_through(&format!("{}/cdn-cgi/access/login/", a.team_domain))
+            && page.went_through(&provider.issuer),
+        "no new login after the revocation: {:?}",
+        page.hops
+    );
+    assert_eq!((page.status, page.url.as_str()), (200, on_a.as_str()));
+    eprintln!(
+        "revocation on B refused on A after {propagation:?}; replica login scenario {:?}",
         started.elapsed()
     );
 }
