@@ -1,15 +1,19 @@
-//! Failure drills: the certs endpoint goes down (the sidecar keeps
-//! validating with cached keys); PostgreSQL drops the gateway's
-//! connections or restarts (the gateway reconnects by itself).
+//! Failure drills: the OpenID provider goes down mid-run (sessions keep
+//! working, logins fail with a clear page, and recover); the certs endpoint
+//! goes down (the sidecar keeps validating with cached keys); PostgreSQL
+//! drops the gateway's connections or restarts (the gateway reconnects by
+//! itself).
 
 use std::time::{Duration, Instant};
 
 use portcullis_core::test_support::{CertsServer, TestKey, user_claims};
 use portcullis_core::wire::JWT_ASSERTION_HEADER;
 use portcullis_tests::Scratch;
+use portcullis_tests::agent::{Agent, Page};
 use portcullis_tests::apps::{LegacyApp, PlainOrigin};
 use portcullis_tests::gateway::{Gateway, GatewayConfig};
 use portcullis_tests::net::{free_port, plain_client, wait_until};
+use portcullis_tests::oidc::{ACCOUNT_EMAIL, OidcProvider};
 use portcullis_tests::pg::PgDatabase;
 use portcullis_tests::sidecar::{Sidecar, SidecarArgs};
 use portcullis_tests::tools::in_ci;
@@ -209,4 +213,188 @@ async fn recovered(gw: &Gateway, name: &str) -> Duration {
     let ready = gw.client.get(gw.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     start.elapsed()
+}
+
+/// The human message of a gateway error or login page
+/// (`<p class="error" role="alert">`), after checking that `page` is such
+/// a page: one of `statuses`, HTML with a heading, no JSON, no Rust panic
+/// or backtrace.
+fn clear_error_page(page: &Page, statuses: &[u16], what: &str) -> String {
+    assert!(
+        statuses.contains(&page.status),
+        "{what}: status {} (expected one of {statuses:?}) at {}: {:?}\n{}",
+        page.status,
+        page.url,
+        page.error,
+        page.body
+    );
+    assert!(
+        page.content_type.starts_with("text/html"),
+        "{what}: {} is not an HTML page:\n{}",
+        page.content_type,
+        page.body
+    );
+    for bad in [
+        "panicked",
+        "backtrace",
+        "RUST_BACKTRACE",
+        "\"error\":",
+        "src/",
+    ] {
+        assert!(
+            !page.body.contains(bad),
+            "{what}: `{bad}` in\n{}",
+            page.body
+        );
+    }
+    assert!(
+        page.body.contains("<h1>"),
+        "{what}: no heading:\n{}",
+        page.body
+    );
+    let start = page
+        .body
+        .find("role=\"alert\">")
+        .unwrap_or_else(|| panic!("{what}: no error message on the page:\n{}", page.body))
+        + "role=\"alert\">".len();
+    let end = start + page.body[start..].find("</p>").expect("end of the message");
+    let message = page.body[start..end].to_owned();
+    assert!(
+        message.len() > 20 && message.contains(' ') && !message.contains('{'),
+        "{what}: not a human message: {message:?}"
+    );
+    message
+}
+
+/// The provider is killed mid-run. Existing sessions keep working (the app
+/// cookie, single sign-on to another app through the team session,
+/// get-identity, even across a gateway restart). Logins get the gateway's
+/// error page: one in flight when the provider died (its code cannot be
+/// exchanged) and a new one on a gateway that has not discovered the
+/// provider yet (restarted during the outage). When the provider returns,
+/// new logins and the "Try again" link of the failed one succeed.
+///
+/// Known gap, reported: a gateway that already discovered the provider
+/// (cached for an hour) sends a new login straight to the dead provider,
+/// so the user sees the browser's "can't be reached" page instead of the
+/// gateway's. The test prints `KNOWN GAP` when it observes that, and
+/// checks for a clear error page once the gateway gives one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_down_sessions_keep_working_logins_fail_clearly_then_recover() {
+    let started = Instant::now();
+    let scratch = Scratch::new("drill-provider");
+    let gw_port = free_port();
+    let callback = format!("http://127.0.0.1:{gw_port}/cdn-cgi/access/callback");
+    let Some(mut provider) = OidcProvider::start(
+        &scratch,
+        OidcProvider::reserve_port(),
+        std::slice::from_ref(&callback),
+    )
+    .await
+    else {
+        return;
+    };
+    let origin = PlainOrigin::start().await;
+    let people = format!(
+        "[[apps.policies]]\nname = \"people\"\ndecision = \"allow\"\ninclude = [{{ email = \"{ACCOUNT_EMAIL}\" }}]\n"
+    );
+    let config = GatewayConfig::sqlite(&scratch)
+        .section(&provider.gateway_section("e2e", "E2E IdP"))
+        .app("app-a", "app-a.test", &origin.url(), &people)
+        .app("app-b", "app-b.test", &origin.url(), &people);
+    let mut gw = Gateway::start_on(&scratch, "gateway", &config, gw_port).await;
+    let app_a = format!("http://app-a.test:{gw_port}/");
+    let app_b = format!("http://app-b.test:{gw_port}/");
+
+    // Before the outage: Ada is signed in to app A; another login is in
+    // flight (signed in at the provider, the redirect to the gateway's
+    // callback not yet followed).
+    let mut ada = Agent::new();
+    let page = ada.oidc_login(&app_a, &provider).await;
+    assert_eq!((page.status, page.url.as_str()), (200, app_a.as_str()));
+    let mut inflight = Agent::new();
+    let form = inflight.to_provider_form(&app_a, &provider).await;
+    let callback_url = inflight.sign_in_until_callback(&form, &provider).await;
+    assert!(callback_url.starts_with(&callback), "{callback_url}");
+
+    provider.stop();
+
+    // Existing sessions keep working.
+    let page = ada.navigate(&app_a).await;
+    assert_eq!((page.status, page.hops.len()), (200, 1), "app A: {page:?}");
+    let page = ada.navigate(&app_b).await;
+    assert_eq!(
+        (page.status, page.url.as_str()),
+        (200, app_b.as_str()),
+        "single sign-on to app B without the provider: {page:?}"
+    );
+    assert!(!page.went_through(&provider.issuer), "{:?}", page.hops);
+    let page = ada
+        .navigate(&format!("{app_b}cdn-cgi/access/get-identity"))
+        .await;
+    assert_eq!(page.status, 200, "get-identity: {}", page.body);
+    assert!(page.body.contains(ACCOUNT_EMAIL), "{}", page.body);
+
+    // The login in flight: the code cannot be exchanged.
+    let failed = inflight.navigate(&callback_url).await;
+    let message = clear_error_page(&failed, &[401, 502, 503], "login in flight");
+    assert!(message.contains("identity provider"), "{message}");
+    let retry = failed.link("Try again").expect("a Try again link");
+    eprintln!("login in flight: {} {message:?}", failed.status);
+
+    // A new login on this gateway, which discovered the provider before.
+    let mut newcomer = Agent::new();
+    let page = newcomer.navigate(&app_a).await;
+    if page.error.is_some() && page.url.starts_with(&provider.issuer) {
+        eprintln!(
+            "KNOWN GAP: the gateway sent a new login to the provider that is down ({}); \
+             the user sees the browser's connection error, not the gateway's page",
+            page.url
+        );
+    } else {
+        let message = clear_error_page(&page, &[502, 503], "new login, warm gateway");
+        eprintln!("new login, warm gateway: {} {message:?}", page.status);
+    }
+
+    // The gateway restarts during the outage: sessions live on; its login
+    // page says the provider is unavailable.
+    gw.restart(&scratch).await;
+    let page = ada.navigate(&app_b).await;
+    assert_eq!(
+        (page.status, page.hops.len()),
+        (200, 1),
+        "after restart: {page:?}"
+    );
+    let page = newcomer.navigate(&app_a).await;
+    let message = clear_error_page(&page, &[502, 503], "new login, provider down");
+    assert!(message.contains("E2E IdP"), "names the provider: {message}");
+    assert!(
+        page.url
+            .starts_with(&format!("{}/cdn-cgi/access/login/", gw.team_domain)),
+        "the gateway's login page: {}",
+        page.url
+    );
+    eprintln!("new login, provider down: {} {message:?}", page.status);
+
+    // The provider returns: logins work again, and so does "Try again".
+    provider.restart(&scratch).await;
+    let recovered_after = started.elapsed();
+    let page = newcomer.oidc_login(&app_a, &provider).await;
+    assert_eq!(
+        (page.status, page.url.as_str()),
+        (200, app_a.as_str()),
+        "{page:?}"
+    );
+    let page = inflight.oidc_login(&retry, &provider).await;
+    assert_eq!(
+        (page.status, page.url.as_str()),
+        (200, app_a.as_str()),
+        "{page:?}"
+    );
+    let page = ada.navigate(&app_a).await;
+    assert_eq!(page.status, 200);
+    eprintln!(
+        "provider drill: {:?} (provider back at {recovered_after:?})",
+        started.elapsed()
+    );
 }
