@@ -87,26 +87,44 @@ impl HeaderMapping {
     /// Sets the headers from `claims`; a claim that is absent, empty or not
     /// representable in a header leaves its header unset.
     pub fn inject(&self, claims: &AccessClaims, headers: &mut HeaderMap) {
+        for (name, value) in self.render(claims) {
+            headers.insert(name, value);
+        }
+    }
+
+    /// The headers [`inject`](Self::inject) sets, rendered once (the sidecar
+    /// keeps them per connection while the same verified token repeats).
+    pub fn render(&self, claims: &AccessClaims) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::with_capacity(self.entries.len());
+        // Only the user entry needs the identity; render it at most once.
+        let mut user: Option<Option<HeaderValue>> = None;
         for (name, source) in &self.entries {
             let value = match source {
-                HeaderSource::User => {
-                    let identity = claims.identity();
-                    let name = identity.name();
-                    (!name.is_empty()).then(|| name.to_owned())
-                }
-                HeaderSource::Claim(path) => claims.get_as_header_value(path),
+                HeaderSource::User => user
+                    .get_or_insert_with(|| header_value(name, claims.identity().name()))
+                    .clone(),
+                HeaderSource::Claim(path) => claims
+                    .get_as_header_value(path)
+                    .and_then(|v| header_value(name, &v)),
             };
-            let Some(value) = value.filter(|v| !v.is_empty()) else {
-                continue;
-            };
-            match HeaderValue::from_str(&value) {
-                Ok(v) => {
-                    headers.insert(name.clone(), v);
-                }
-                Err(_) => {
-                    tracing::debug!(header = %name, "claim value cannot be sent in a header; skipped");
-                }
+            if let Some(value) = value {
+                out.push((name.clone(), value));
             }
+        }
+        out
+    }
+}
+
+/// `value` as a header value; `None` when empty or not representable.
+fn header_value(name: &HeaderName, value: &str) -> Option<HeaderValue> {
+    if value.is_empty() {
+        return None;
+    }
+    match HeaderValue::from_str(value) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            tracing::debug!(header = %name, "claim value cannot be sent in a header; skipped");
+            None
         }
     }
 }

@@ -10,7 +10,7 @@
 //!    forward-auth mode, answer 200 with them.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::header::HOST;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -19,7 +19,9 @@ use ipnet::IpNet;
 use portcullis_core::{AccessClaims, ErrorCode, ValidationError, wire};
 
 use crate::config::Mode;
-use crate::proxy::{Outgoing, X_FORWARDED_HOST, X_FORWARDED_PROTO, remove_hop_by_hop};
+use crate::proxy::{
+    Outgoing, X_FORWARDED_HOST, X_FORWARDED_PROTO, forwarded_for, remove_hop_by_hop,
+};
 use crate::response::{self, Body};
 use crate::routes::Route;
 use crate::server::Generation;
@@ -31,8 +33,72 @@ pub struct Decision {
     pub route: Option<Arc<Route>>,
     /// The error code, when the sidecar refused or the upstream failed.
     pub code: Option<ErrorCode>,
-    /// The accepted identity's display name (email or common name).
-    pub user: Option<String>,
+    /// The accepted token's claims (shared with core's cache, not copied).
+    pub claims: Option<Arc<AccessClaims>>,
+}
+
+impl Decision {
+    /// The accepted identity's display name (email or common name), for
+    /// the access log; only computed when the line is written.
+    pub fn user(&self) -> Option<String> {
+        self.claims.as_ref().map(|c| c.identity().name().to_owned())
+    }
+}
+
+/// What stays the same between the requests of one client connection,
+/// computed once per connection rather than once per request.
+#[derive(Debug)]
+pub struct Connection {
+    peer: SocketAddr,
+    forwarded_for: HeaderValue,
+    /// The identity headers of the last accepted token on this connection
+    /// (clients repeat their token, and core's cache hands back the same
+    /// `Arc` for it).
+    injected: Mutex<Option<Injected>>,
+}
+
+#[derive(Debug)]
+struct Injected {
+    route: Arc<Route>,
+    claims: Arc<AccessClaims>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Connection {
+    /// State for a connection from `peer`.
+    pub fn new(peer: SocketAddr) -> Self {
+        Connection {
+            peer,
+            forwarded_for: forwarded_for(peer.ip()),
+            injected: Mutex::new(None),
+        }
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Sets `route`'s identity headers for `claims` in `headers`, rendering
+    /// them only when the token differs from the previous request's.
+    fn inject(&self, route: &Arc<Route>, claims: &Arc<AccessClaims>, headers: &mut HeaderMap) {
+        let mut cached = self.injected.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = cached
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.claims, claims) && Arc::ptr_eq(&c.route, route));
+        if !hit {
+            *cached = Some(Injected {
+                route: route.clone(),
+                claims: claims.clone(),
+                headers: route.headers().render(claims),
+            });
+        }
+        if let Some(c) = cached.as_ref() {
+            for (name, value) in &c.headers {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
 }
 
 /// Stage 1: is the peer allowed? An empty list allows everyone.
@@ -95,6 +161,14 @@ pub async fn authenticate(
         return Err(ValidationError::MissingToken);
     };
     let claims = validator.validate(token).await?;
+    // Usually the token is the whole `Cf-Access-Jwt-Assertion` value: share
+    // it (reference-counted) instead of copying it.
+    if let Some(value) = headers
+        .get(wire::JWT_ASSERTION_HEADER)
+        .filter(|v| v.as_bytes() == token.as_bytes())
+    {
+        return Ok((claims, value.clone()));
+    }
     // Valid tokens are base64url and dots, so this cannot fail; refuse
     // rather than panic if it ever did.
     let value = HeaderValue::from_str(token).map_err(|_| ValidationError::MalformedToken {
@@ -160,9 +234,10 @@ pub fn login_redirect(login: &url::Url, original: &str) -> Option<HeaderValue> {
 /// Runs the whole pipeline for one request.
 pub async fn handle(
     generation: Arc<Generation>,
-    peer: SocketAddr,
+    connection: &Connection,
     request: Request<Incoming>,
 ) -> (Response<Body>, Decision) {
+    let peer = connection.peer;
     let mut decision = Decision::default();
     let settings = generation.settings();
     if let Err(code) = check_source(peer.ip(), &settings.allow_from) {
@@ -201,13 +276,13 @@ pub async fn handle(
             return (response::rejection(code), decision);
         }
     };
-    decision.user = Some(claims.identity().name().to_owned());
+    decision.claims = Some(claims.clone());
 
     match settings.mode {
         Mode::ForwardAuth => {
             let mut response = Response::new(response::empty());
             *response.status_mut() = StatusCode::OK;
-            route.headers().inject(&claims, response.headers_mut());
+            connection.inject(&route, &claims, response.headers_mut());
             response
                 .headers_mut()
                 .insert(wire::JWT_ASSERTION_HEADER, token);
@@ -224,7 +299,7 @@ pub async fn handle(
             };
             let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
             let (mut parts, body) = request.into_parts();
-            route.headers().inject(&claims, &mut parts.headers);
+            connection.inject(&route, &claims, &mut parts.headers);
             parts.headers.insert(wire::JWT_ASSERTION_HEADER, token);
             let outgoing = Outgoing {
                 parts,
@@ -234,7 +309,7 @@ pub async fn handle(
             };
             match generation
                 .forwarder()
-                .forward(outgoing, upstream, peer)
+                .forward(outgoing, upstream, &connection.forwarded_for)
                 .await
             {
                 Ok(response) => (response, decision),

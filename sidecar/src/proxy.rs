@@ -6,7 +6,7 @@
 //! client as it arrives and the upstream's response body is returned as is,
 //! so memory stays flat whatever the body size.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
@@ -69,16 +69,40 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
 /// Appends this hop to `X-Forwarded-For`, `X-Forwarded-Proto` (`http`) and
 /// `X-Forwarded-Host` (the request's host).
 pub fn append_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
-    append(headers, X_FORWARDED_FOR, &client.to_string());
-    append(headers, X_FORWARDED_PROTO, "http");
-    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+    append_forwarded_for(headers, &forwarded_for(client), host);
+}
+
+/// `client` as an `X-Forwarded-For` element (computed once per connection).
+pub fn forwarded_for(client: IpAddr) -> HeaderValue {
+    // An IP address's text is always a valid header value.
+    HeaderValue::from_str(&client.to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// [`append_forwarded`] with the client's `X-Forwarded-For` element ready.
+fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue, host: Option<&HeaderValue>) {
+    append(headers, X_FORWARDED_FOR, client);
+    append(
+        headers,
+        X_FORWARDED_PROTO,
+        &HeaderValue::from_static("http"),
+    );
+    if let Some(host) = host.filter(|h| h.to_str().is_ok()) {
         append(headers, X_FORWARDED_HOST, host);
     }
 }
 
-fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let mut joined = headers
-        .get_all(&name)
+fn append(headers: &mut HeaderMap, name: HeaderName, value: &HeaderValue) {
+    use http::header::Entry;
+    let mut entry = match headers.entry(name) {
+        // The usual case, the first proxy: no copy, no formatting.
+        Entry::Vacant(vacant) => {
+            vacant.insert(value.clone());
+            return;
+        }
+        Entry::Occupied(occupied) => occupied,
+    };
+    let mut joined = entry
         .iter()
         .filter_map(|v| v.to_str().ok())
         .map(str::trim)
@@ -88,22 +112,36 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if !joined.is_empty() {
         joined.push_str(", ");
     }
-    joined.push_str(value);
-    if let Ok(v) = HeaderValue::from_str(&joined) {
-        headers.insert(name, v);
+    // Callers pass visible ASCII only.
+    joined.push_str(value.to_str().unwrap_or_default());
+    match HeaderValue::from_str(&joined) {
+        Ok(v) => {
+            entry.insert(v);
+        }
+        Err(_) => {
+            entry.remove();
+        }
     }
 }
 
 /// The upstream URI for a request: upstream authority, its path prefix, and
 /// the request's path and query (the request's own authority is ignored).
 pub fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Option<Uri> {
-    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
-    let path_and_query = if path_and_query.starts_with('/') {
-        path_and_query
-    } else {
-        // `OPTIONS *` and other non-origin forms.
-        "/"
-    };
+    let path_and_query = uri.path_and_query().filter(|p| p.as_str().starts_with('/'));
+    if upstream.prefix.is_empty() {
+        // No prefix: reuse the parsed parts (reference-counted, no reparse).
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(upstream.authority.clone());
+        parts.path_and_query = Some(
+            path_and_query
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        return Uri::from_parts(parts).ok();
+    }
+    // `OPTIONS *` and other non-origin forms go to `/`.
+    let path_and_query = path_and_query.map_or("/", |p| p.as_str());
     format!(
         "http://{}{}{}",
         upstream.authority, upstream.prefix, path_and_query
@@ -155,7 +193,7 @@ impl Forwarder {
         &self,
         outgoing: Outgoing,
         upstream: &Upstream,
-        client: SocketAddr,
+        forwarded_for: &HeaderValue,
     ) -> Result<Response<Body>, ErrorCode> {
         let Outgoing {
             mut parts,
@@ -169,7 +207,7 @@ impl Forwarder {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        append_forwarded(&mut parts.headers, client.ip(), host.as_ref());
+        append_forwarded_for(&mut parts.headers, forwarded_for, host.as_ref());
         if let Some(host) = host {
             parts.headers.insert(HOST, host);
         }
@@ -301,5 +339,13 @@ mod tests {
             upstream_uri(&up, &uri).unwrap(),
             "http://127.0.0.1:3000/base/"
         );
+        let up = Upstream::parse("http://127.0.0.1:3000").unwrap();
+        let uri: Uri = "http://evil.example/x/y?z=1".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&up, &uri).unwrap(),
+            "http://127.0.0.1:3000/x/y?z=1"
+        );
+        let uri: Uri = "*".parse().unwrap();
+        assert_eq!(upstream_uri(&up, &uri).unwrap(), "http://127.0.0.1:3000/");
     }
 }

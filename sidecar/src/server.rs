@@ -18,6 +18,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use portcullis_core::{ErrorCode, KeySource};
+use prometheus::{Histogram, IntCounter};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -27,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::pipeline;
 use crate::proxy::Forwarder;
 use crate::response::{self, Body};
-use crate::routes::RouteTable;
+use crate::routes::{Route, RouteTable};
 
 /// One immutable generation of configuration: settings, routes with their
 /// validators, the key source and the upstream client.
@@ -328,9 +329,14 @@ pub async fn start(cli: Cli, settings: Settings) -> Result<Running, StartError> 
         drain,
         move |peer| {
             let shared = proxy_shared.clone();
+            let connection = Arc::new(ConnectionState {
+                pipeline: pipeline::Connection::new(peer),
+                metrics: Mutex::new(None),
+            });
             service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(serve_request(shared, peer, req).await) }
+                let connection = connection.clone();
+                async move { Ok::<_, Infallible>(serve_request(shared, &connection, req).await) }
             })
         },
     ));
@@ -460,40 +466,85 @@ fn clip(s: &str) -> &str {
     }
 }
 
+/// Per client connection: the pipeline's state and the metric handles of
+/// the previous request (label lookups hash and lock; requests on one
+/// connection mostly repeat their labels).
+#[derive(Debug)]
+struct ConnectionState {
+    pipeline: pipeline::Connection,
+    metrics: Mutex<Option<MetricHandles>>,
+}
+
+#[derive(Debug)]
+struct MetricHandles {
+    route: Option<Arc<Route>>,
+    status: StatusCode,
+    code: Option<ErrorCode>,
+    requests: IntCounter,
+    latency: Histogram,
+}
+
+fn same_route(a: Option<&Arc<Route>>, b: Option<&Arc<Route>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 async fn serve_request(
     shared: Arc<Shared>,
-    peer: SocketAddr,
+    connection: &ConnectionState,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
     let generation = shared.current.load_full();
-    let method = request.method().clone();
     // Copy what the access line needs only when it will be written.
     let logged = tracing::enabled!(target: "portcullis_sidecar::access", tracing::Level::INFO);
-    let (host, path) = if logged {
+    let (method, host, path) = if logged {
         (
+            Some(request.method().clone()),
             pipeline::routing_host(request.headers(), request.uri(), generation.settings().mode)
                 .map(|h| clip(h).to_owned())
                 .unwrap_or_default(),
             clip(request.uri().path()).to_owned(),
         )
     } else {
-        (String::new(), String::new())
+        (None, String::new(), String::new())
     };
-    let (response, decision) = pipeline::handle(generation, peer, request).await;
+    let (response, decision) = pipeline::handle(generation, &connection.pipeline, request).await;
     let latency = started.elapsed();
     let route = decision.route.as_ref().map_or("none", |r| r.name());
     let code = decision.code.map_or("ok", ErrorCode::as_str);
     let status = response.status();
     let metrics = &shared.metrics;
-    metrics
-        .requests
-        .with_label_values(&[route, status.as_str(), code])
-        .inc();
-    metrics
-        .latency
-        .with_label_values(&[route])
-        .observe(latency.as_secs_f64());
+    {
+        let mut cached = connection.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        let handles = match cached.as_mut() {
+            Some(h) if same_route(h.route.as_ref(), decision.route.as_ref()) => {
+                if h.status != status || h.code != decision.code {
+                    h.requests =
+                        metrics
+                            .requests
+                            .with_label_values(&[route, status.as_str(), code]);
+                    h.status = status;
+                    h.code = decision.code;
+                }
+                h
+            }
+            _ => cached.insert(MetricHandles {
+                route: decision.route.clone(),
+                status,
+                code: decision.code,
+                requests: metrics
+                    .requests
+                    .with_label_values(&[route, status.as_str(), code]),
+                latency: metrics.latency.with_label_values(&[route]),
+            }),
+        };
+        handles.requests.inc();
+        handles.latency.observe(latency.as_secs_f64());
+    }
     if matches!(
         decision.code,
         Some(ErrorCode::UpstreamUnavailable | ErrorCode::UpstreamTimeout)
@@ -508,14 +559,14 @@ async fn serve_request(
     }
     tracing::info!(
         target: "portcullis_sidecar::access",
-        method = %method,
+        method = %method.unwrap_or_default(),
         host = %host,
         path = %path,
         status = status.as_u16(),
         code,
-        user = decision.user.as_deref().unwrap_or("-"),
+        user = decision.user().as_deref().unwrap_or("-"),
         route,
-        client = %peer.ip(),
+        client = %connection.pipeline.peer().ip(),
         latency_ms = latency.as_secs_f64() * 1000.0,
         "request"
     );
