@@ -53,6 +53,27 @@ use crate::users::{LocalUsers, UsersError};
 
 /// Cookie holding the sealed OIDC state between redirect and callback.
 pub const OIDC_STATE_COOKIE: &str = "portcullis_oidc";
+
+/// The authorization error codes of RFC 6749 §4.1.2.1 and OpenID Connect
+/// Core §3.1.2.6: the only part of an error callback shown on the page.
+const OAUTH_ERROR_CODES: &[&str] = &[
+    "access_denied",
+    "invalid_request",
+    "unauthorized_client",
+    "unsupported_response_type",
+    "invalid_scope",
+    "server_error",
+    "temporarily_unavailable",
+    "interaction_required",
+    "login_required",
+    "account_selection_required",
+    "consent_required",
+    "invalid_request_uri",
+    "invalid_request_object",
+    "request_not_supported",
+    "request_uri_not_supported",
+    "registration_not_supported",
+];
 /// Cookie holding the sealed CSRF token of the local form.
 pub const CSRF_COOKIE: &str = "portcullis_csrf";
 /// How long a started login may take.
@@ -655,7 +676,12 @@ impl Gateway {
                     response
                 }
                 Err(e) => {
-                    tracing::warn!(idp = %id, error = %e, "identity provider unavailable");
+                    tracing::warn!(
+                        idp = %id,
+                        error_kind = e.kind(),
+                        reason = e.reason(),
+                        "identity provider unavailable"
+                    );
                     self.render_login(
                         StatusCode::BAD_GATEWAY,
                         app,
@@ -887,10 +913,20 @@ impl Gateway {
             );
         }
         if let Some(error) = param(&q, "error") {
-            let description = param(&q, "error_description").unwrap_or("");
+            // Only a standard error code is shown: the description (and
+            // anything else in the query) is provider- or link-supplied text.
+            let code = OAUTH_ERROR_CODES.iter().find(|c| **c == error);
+            tracing::info!(
+                idp = %state.idp,
+                error_code = code.copied().unwrap_or("non-standard"),
+                "OIDC callback carried an error"
+            );
             return fail(
                 StatusCode::UNAUTHORIZED,
-                &format!("The identity provider refused the sign-in: {error} {description}"),
+                &match code {
+                    Some(code) => format!("The identity provider refused the sign-in ({code})."),
+                    None => "The identity provider refused the sign-in.".to_owned(),
+                },
             );
         }
         let Some(code) = param(&q, "code").filter(|c| !c.is_empty()) else {
@@ -934,7 +970,13 @@ impl Gateway {
                 r
             }
             Err(e) => {
-                tracing::info!(idp = %id, error = %e, "OIDC sign-in refused");
+                // `e` is fixed text (see `OidcError`): nothing the provider sent.
+                tracing::info!(
+                    idp = %id,
+                    error_kind = e.kind(),
+                    reason = e.reason(),
+                    "OIDC sign-in refused"
+                );
                 fail(StatusCode::UNAUTHORIZED, &format!("Sign-in refused: {e}."))
             }
         }

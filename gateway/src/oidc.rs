@@ -37,10 +37,12 @@ const MAX_BODY: usize = 1024 * 1024;
 const METADATA_TTL: Duration = Duration::from_secs(3600);
 const FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 
-/// An HTTP failure talking to a provider.
+/// An HTTP failure talking to a provider. Only a fixed description of
+/// what failed is kept: nothing the provider sent (or an address) ends up
+/// in it, so it is safe to show and to log.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct HttpError(String);
+pub struct HttpError(&'static str);
 
 /// The HTTP client handed to `openidconnect`: reqwest without redirects.
 #[derive(Debug, Clone)]
@@ -56,7 +58,7 @@ impl HttpClient {
             .timeout(Duration::from_secs(10))
             .build()
             .map(HttpClient)
-            .map_err(|e| HttpError(e.to_string()))
+            .map_err(|_| HttpError("the HTTP client could not be built"))
     }
 
     async fn execute(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
@@ -68,7 +70,13 @@ impl HttpClient {
             .body(body)
             .send()
             .await
-            .map_err(|e| HttpError(format!("request failed: {}", e.without_url())))?;
+            .map_err(|e| {
+                HttpError(if e.is_timeout() {
+                    "the request timed out"
+                } else {
+                    "the request failed"
+                })
+            })?;
         let status = response.status();
         let headers = response.headers().clone();
         let mut response = response;
@@ -76,10 +84,10 @@ impl HttpClient {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| HttpError(format!("reading the response failed: {}", e.without_url())))?
+            .map_err(|_| HttpError("reading the response failed"))?
         {
             if body.len() + chunk.len() > MAX_BODY {
-                return Err(HttpError("response larger than 1 MiB".into()));
+                return Err(HttpError("the response is larger than 1 MiB"));
             }
             body.extend_from_slice(&chunk);
         }
@@ -99,34 +107,63 @@ impl<'c> AsyncHttpClient<'c> for HttpClient {
     }
 }
 
-/// Why an OIDC login failed; the message is shown on the error page (it
-/// names what was wrong, never a token or secret).
-#[derive(Debug, thiserror::Error)]
+/// Why an OIDC login failed. Every message is fixed text chosen by the
+/// gateway: it names what failed and never echoes what the provider sent
+/// (a parse error from serde may quote a value of the response, which
+/// could be a token or a secret), so it is safe on the error page and in
+/// the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum OidcError {
     /// Discovery or the JWKS could not be had.
     #[error(
-        "the identity provider could not be reached or its discovery document is unusable: {0}"
+        "the identity provider could not be reached or its discovery document is unusable ({0})"
     )]
-    Unavailable(String),
+    Unavailable(&'static str),
     /// The code exchange failed.
     #[error(
-        "the identity provider refused the sign-in code or sent an unusable token response: {0}"
+        "the identity provider refused the sign-in code or sent an unusable token response ({0})"
     )]
-    TokenExchange(String),
+    TokenExchange(&'static str),
     /// The token response had no ID token.
     #[error("the identity provider sent no ID token")]
     NoIdToken,
     /// The ID token did not validate.
     #[error("the ID token from the identity provider is not valid: {0}")]
-    IdToken(String),
+    IdToken(&'static str),
     /// Userinfo failed or disagreed with the ID token.
     #[error("the identity provider's userinfo is not usable: {0}")]
-    UserInfo(String),
+    UserInfo(&'static str),
     /// Neither the ID token nor userinfo had an email address.
     #[error(
         "the identity provider did not share a (verified) email address; ask for the \"email\" scope"
     )]
     NoEmail,
+}
+
+impl OidcError {
+    /// The stage that failed, as a stable identifier for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OidcError::Unavailable(_) => "provider_unavailable",
+            OidcError::TokenExchange(_) => "token_exchange",
+            OidcError::NoIdToken => "no_id_token",
+            OidcError::IdToken(_) => "id_token",
+            OidcError::UserInfo(_) => "userinfo",
+            OidcError::NoEmail => "no_email",
+        }
+    }
+
+    /// What in that stage went wrong (fixed text, no provider values).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OidcError::Unavailable(r)
+            | OidcError::TokenExchange(r)
+            | OidcError::IdToken(r)
+            | OidcError::UserInfo(r) => r,
+            OidcError::NoIdToken => "no id_token",
+            OidcError::NoEmail => "no verified email",
+        }
+    }
 }
 
 /// What the caller keeps (sealed) between the redirect and the callback.
@@ -191,10 +228,10 @@ impl OidcProvider {
             return Ok(c.metadata.clone());
         }
         let issuer = IssuerUrl::new(self.config.issuer.clone())
-            .map_err(|e| OidcError::Unavailable(e.to_string()))?;
+            .map_err(|_| OidcError::Unavailable("the configured issuer is not a URL"))?;
         let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
             .await
-            .map_err(|e| OidcError::Unavailable(describe(&e)))?;
+            .map_err(|e| OidcError::Unavailable(discovery_reason(&e)))?;
         *cache = Some(Cached {
             metadata: metadata.clone(),
             fetched: Instant::now(),
@@ -226,7 +263,7 @@ impl OidcProvider {
         OidcError,
     > {
         let redirect = RedirectUrl::new(self.redirect_uri.clone())
-            .map_err(|e| OidcError::Unavailable(e.to_string()))?;
+            .map_err(|_| OidcError::Unavailable("the redirect URI is not a URL"))?;
         Ok(CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(self.config.client_id.clone()),
@@ -265,11 +302,11 @@ impl OidcProvider {
         let client = self.client(metadata.clone())?;
         let token: CoreTokenResponse = client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
-            .map_err(|e| OidcError::TokenExchange(e.to_string()))?
+            .map_err(|_| OidcError::TokenExchange("the provider has no token endpoint"))?
             .set_pkce_verifier(PkceCodeVerifier::new(pending.pkce.clone()))
             .request_async(&self.http)
             .await
-            .map_err(|e| OidcError::TokenExchange(describe(&e)))?;
+            .map_err(|e| token_error(&e))?;
         let id_token = token.id_token().ok_or(OidcError::NoIdToken)?;
         let nonce = Nonce::new(pending.nonce.clone());
         let verified = {
@@ -279,7 +316,7 @@ impl OidcProvider {
                 Err(ClaimsVerificationError::SignatureVerification(
                     SignatureVerificationError::NoMatchingKey,
                 )) => Err(()),
-                Err(e) => return Err(OidcError::IdToken(describe(&e))),
+                Err(e) => return Err(OidcError::IdToken(claims_reason(&e))),
             }
         };
         let claims = match verified {
@@ -288,20 +325,20 @@ impl OidcProvider {
                 // The provider may have rotated its keys: fetch them again.
                 if !self.may_force_refresh() {
                     return Err(OidcError::IdToken(
-                        "no key of the provider matches the token's key id".into(),
+                        "no key of the provider matches the token's key id (signature)",
                     ));
                 }
                 let fresh = self.client(self.metadata(true).await?)?;
                 let verifier = fresh.id_token_verifier();
                 id_token
                     .claims(&verifier, &nonce)
-                    .map_err(|e| OidcError::IdToken(describe(&e)))?
+                    .map_err(|e| OidcError::IdToken(claims_reason(&e)))?
                     .clone()
             }
         };
         let sub = claims.subject().as_str().to_owned();
         if sub.is_empty() {
-            return Err(OidcError::IdToken("the sub claim is empty".into()));
+            return Err(OidcError::IdToken("the sub claim is empty"));
         }
         let raw = payload(&id_token.to_string());
         let mut email = claims.email().map(|e| e.as_str().to_owned());
@@ -319,11 +356,9 @@ impl OidcProvider {
             match info.get("sub").and_then(Value::as_str) {
                 Some(s) if crate::crypto::constant_time_eq(s.as_bytes(), sub.as_bytes()) => {}
                 Some(_) => {
-                    return Err(OidcError::UserInfo(
-                        "its sub differs from the ID token's".into(),
-                    ));
+                    return Err(OidcError::UserInfo("its sub differs from the ID token's"));
                 }
-                None => return Err(OidcError::UserInfo("it has no sub".into())),
+                None => return Err(OidcError::UserInfo("it has no sub")),
             }
             if let Some(e) = info.get("email").and_then(Value::as_str) {
                 email = Some(e.to_owned());
@@ -375,17 +410,20 @@ impl OidcProvider {
                 format!("Bearer {access_token}"),
             )
             .body(Vec::new())
-            .map_err(|e| OidcError::UserInfo(e.to_string()))?;
+            .map_err(|_| OidcError::UserInfo("the userinfo endpoint is not a valid URI"))?;
         let response = self
             .http
             .execute(request)
             .await
-            .map_err(|e| OidcError::UserInfo(e.to_string()))?;
+            .map_err(|e| OidcError::UserInfo(e.0))?;
         if !response.status().is_success() {
-            return Err(OidcError::UserInfo(format!(
-                "the endpoint answered {}",
-                response.status()
-            )));
+            return Err(OidcError::UserInfo(
+                if response.status() == http::StatusCode::UNAUTHORIZED {
+                    "the endpoint refused the access token"
+                } else {
+                    "the endpoint answered with an error status"
+                },
+            ));
         }
         let is_json = response
             .headers()
@@ -394,15 +432,13 @@ impl OidcProvider {
             .is_none_or(|ct| ct.to_ascii_lowercase().starts_with("application/json"));
         if !is_json {
             return Err(OidcError::UserInfo(
-                "only JSON userinfo responses are supported".into(),
+                "only JSON userinfo responses are supported",
             ));
         }
         let value: Value = serde_json::from_slice(response.body())
-            .map_err(|_| OidcError::UserInfo("the response is not JSON".into()))?;
+            .map_err(|_| OidcError::UserInfo("the response is not JSON"))?;
         if !value.is_object() {
-            return Err(OidcError::UserInfo(
-                "the response is not a JSON object".into(),
-            ));
+            return Err(OidcError::UserInfo("the response is not a JSON object"));
         }
         Ok(value)
     }
@@ -421,17 +457,100 @@ fn payload(jws: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// An error and its sources, on one line.
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
+/// Claims whose absence may be named: these names come from this list,
+/// never from the provider's response.
+const KNOWN_FIELDS: &[(&str, &str)] = &[
+    ("sub", "it lacks the sub claim"),
+    ("iss", "it lacks the iss (issuer) claim"),
+    ("aud", "it lacks the aud (audience) claim"),
+    ("exp", "it lacks the exp (expiry) claim"),
+    ("iat", "it lacks the iat (issued at) claim"),
+    ("access_token", "it lacks the access_token field"),
+    ("token_type", "it lacks the token_type field"),
+];
+
+/// What a serde failure was about, as fixed text. The error's own message
+/// can quote the offending value (`invalid type: string "…"`), so only a
+/// `missing field` naming one of [`KNOWN_FIELDS`] is passed on.
+fn parse_reason(message: &str, fallback: &'static str) -> &'static str {
+    for (field, reason) in KNOWN_FIELDS {
+        if message.contains(&format!("missing field `{field}`")) {
+            return reason;
         }
-        source = s.source();
     }
-    out
+    fallback
+}
+
+/// Maps a failed code exchange to a fixed reason.
+fn token_error(
+    e: &openidconnect::RequestTokenError<
+        HttpError,
+        openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>,
+    >,
+) -> OidcError {
+    use openidconnect::RequestTokenError as E;
+    use openidconnect::core::CoreErrorResponseType as C;
+    match e {
+        E::ServerResponse(r) => OidcError::TokenExchange(match r.error() {
+            C::InvalidGrant => "invalid_grant: the sign-in code is invalid, expired or used",
+            C::InvalidClient => "invalid_client: the gateway's client credentials were refused",
+            C::InvalidRequest => "invalid_request",
+            C::InvalidScope => "invalid_scope",
+            C::UnauthorizedClient => "unauthorized_client",
+            C::UnsupportedGrantType => "unsupported_grant_type",
+            C::Extension(_) => "the token endpoint answered with an error",
+        }),
+        E::Request(h) => OidcError::TokenExchange(h.0),
+        E::Parse(err, _) => {
+            let message = err.inner().to_string();
+            if err.path().to_string() == "id_token" {
+                OidcError::IdToken(parse_reason(&message, "it could not be parsed"))
+            } else {
+                OidcError::TokenExchange(parse_reason(
+                    &message,
+                    "the token response could not be parsed",
+                ))
+            }
+        }
+        E::Other(_) => OidcError::TokenExchange("the token response was unexpected"),
+    }
+}
+
+/// Maps a failed discovery to a fixed reason.
+fn discovery_reason(e: &openidconnect::DiscoveryError<HttpError>) -> &'static str {
+    use openidconnect::DiscoveryError as E;
+    match e {
+        E::Request(h) => h.0,
+        E::Response(..) => "the discovery endpoint answered with an error status",
+        E::Parse(_) => "the discovery document could not be parsed",
+        E::UrlParse(_) => "the discovery URL is not valid",
+        E::Validation(_) => "the discovery document's issuer differs from the configured one",
+        E::Other(_) => "the discovery document or JWKS is unusable",
+        _ => "the discovery document is unusable",
+    }
+}
+
+/// Maps a failed ID token validation to a fixed reason.
+fn claims_reason(e: &ClaimsVerificationError) -> &'static str {
+    use ClaimsVerificationError as C;
+    use SignatureVerificationError as S;
+    match e {
+        C::Expired(_) => "it has expired",
+        C::InvalidAudience(_) => "it is meant for another audience (aud)",
+        C::InvalidAuthContext(_) => "its authentication context (acr) is not accepted",
+        C::InvalidAuthTime(_) => "its authentication time (auth_time) is not valid",
+        C::InvalidIssuer(_) => "its issuer (iss) is not the configured one",
+        C::InvalidNonce(_) => "its nonce does not belong to this sign-in",
+        C::InvalidSubject(_) => "its subject (sub) is not valid",
+        C::Unsupported(_) => "it uses an unsupported feature",
+        C::SignatureVerification(s) => match s {
+            S::NoSignature => "it has no signature (alg: none is refused)",
+            S::NoMatchingKey => "no key of the provider matches the token's key id (signature)",
+            S::AmbiguousKeyId(_) => "its signature key is ambiguous",
+            S::DisallowedAlg(_) | S::UnsupportedAlg(_) => "its signature algorithm is not accepted",
+            S::InvalidKey(_) => "the provider's signature key is unusable",
+            _ => "its signature is not valid",
+        },
+        _ => "its claims are not valid",
+    }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use base64::Engine as _;
-use common::mock_op::{CLIENT_SECRET, Misbehave, MockOp};
+use common::mock_op::{CLIENT_SECRET, LEAKY_VALUE, Misbehave, MockOp};
 use common::{ADMIN_TOKEN, Backend, Echo};
 use portcullis_gateway::RunningGateway;
 use portcullis_gateway::config::Config;
@@ -548,6 +548,103 @@ async fn oidc_refusals_and_key_rotation() {
     );
     assert!(h.op.count("jwks") > jwks_before);
     h.stop().await;
+}
+
+/// Everything logged in this test process from the moment
+/// [`capture_logs`] is first called (all tests' lines, which is fine: they
+/// are only searched for a value no other test produces).
+static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+    std::sync::OnceLock::new();
+
+#[derive(Clone)]
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    LOGS.get_or_init(|| {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = LogSink(buf.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "info,portcullis_gateway=trace,portcullis_core=trace",
+            ))
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
+        buf
+    })
+    .clone()
+}
+
+#[tokio::test]
+async fn provider_values_never_reach_pages_or_logs() {
+    let logs = capture_logs();
+    let h = H::start(Backend::sqlite()).await;
+    for (m, expect) in [
+        (
+            Misbehave::MalformedTokenField,
+            "the token response could not be parsed",
+        ),
+        (Misbehave::MalformedIdTokenClaim, "could not be parsed"),
+        (Misbehave::MalformedUserinfo, "userinfo"),
+    ] {
+        h.op.misbehave(m);
+        let chain = oidc_attempt(&h).await;
+        let last = chain.last().unwrap();
+        assert_eq!(last.status, 401, "{m:?}: {}", last.body);
+        assert!(last.body.contains("Sign-in failed"), "{m:?}: {}", last.body);
+        assert!(last.body.contains(expect), "{m:?}: {}", last.body);
+        for r in &chain {
+            assert!(
+                !r.body.contains(LEAKY_VALUE),
+                "{m:?} page leaks: {}",
+                r.body
+            );
+            assert!(!r.body.contains("sk_live"), "{m:?} page leaks: {}", r.body);
+        }
+    }
+    // A refused callback that carries provider text shows only the code.
+    h.op.misbehave(Misbehave::None);
+    let mut b = h.browser();
+    let mut r = b.get(&h.url("app1.test", "/")).await;
+    while !r.location().unwrap().contains("/cdn-cgi/access/callback") {
+        r = b.get(&r.location().unwrap()).await;
+    }
+    let callback = url::Url::parse(&r.location().unwrap()).unwrap();
+    let state: String = callback
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let denied = b
+        .get(&format!(
+            "{}?state={state}&error=access_denied&error_description={LEAKY_VALUE}",
+            h.url("auth.test", "/cdn-cgi/access/callback")
+        ))
+        .await;
+    assert_eq!(denied.status, 401, "{}", denied.body);
+    assert!(denied.body.contains("access_denied"), "{}", denied.body);
+    assert!(!denied.body.contains(LEAKY_VALUE), "{}", denied.body);
+    h.stop().await;
+
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        logged.contains("OIDC sign-in refused") && logged.contains("token_exchange"),
+        "the refusals were logged (else this test checks nothing): {logged}"
+    );
+    assert!(!logged.contains(LEAKY_VALUE), "a log line leaks: {logged}");
+    assert!(!logged.contains("sk_live"), "a log line leaks: {logged}");
 }
 
 #[tokio::test]

@@ -19,6 +19,10 @@ use tokio::net::TcpListener;
 
 pub const CLIENT_ID: &str = "portcullis-client";
 pub const CLIENT_SECRET: &str = "op-client-secret-0123456789";
+/// A secret-looking value the provider puts in a malformed field
+/// ([`Misbehave::MalformedTokenField`], [`Misbehave::MalformedIdTokenClaim`]);
+/// it must never reach an error page or a log line.
+pub const LEAKY_VALUE: &str = "sk_live_LEAKED_0f9e8d7c6b5a4f3e2d1c";
 
 /// What the provider gets wrong on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +39,12 @@ pub enum Misbehave {
     UserinfoSub,
     WrongNonce,
     DiscoveryIssuer,
+    /// The token response's `expires_in` is a string holding [`LEAKY_VALUE`].
+    MalformedTokenField,
+    /// The ID token's `iat` is a string holding [`LEAKY_VALUE`].
+    MalformedIdTokenClaim,
+    /// Userinfo is not JSON and echoes [`LEAKY_VALUE`].
+    MalformedUserinfo,
 }
 
 pub struct User {
@@ -275,6 +285,9 @@ async fn handle(
             if m == Misbehave::MissingIat {
                 claims.as_object_mut().unwrap().remove("iat");
             }
+            if m == Misbehave::MalformedIdTokenClaim {
+                claims["iat"] = json!(LEAKY_VALUE);
+            }
             let key = &st.keys[0];
             let id_token = match m {
                 Misbehave::NoKid => key.sign_with_header(&json!({"alg": "RS256"}), &claims),
@@ -301,9 +314,14 @@ async fn handle(
             let access = random_hex(16);
             let sub = st.user.sub.clone();
             st.access_tokens.insert(access.clone(), sub);
+            let expires_in = if m == Misbehave::MalformedTokenField {
+                json!(LEAKY_VALUE)
+            } else {
+                json!(300)
+            };
             json_response(
                 200,
-                json!({"access_token": access, "token_type": "Bearer", "expires_in": 300, "id_token": id_token}),
+                json!({"access_token": access, "token_type": "Bearer", "expires_in": expires_in, "id_token": id_token}),
             )
         }
         "userinfo" => {
@@ -311,6 +329,9 @@ async fn handle(
             let Some(sub) = st.access_tokens.get(token).cloned() else {
                 return json_response(401, json!({"error": "invalid_token"}));
             };
+            if st.misbehave == Misbehave::MalformedUserinfo {
+                return respond(200, "application/json", format!("{{\"sub\": {LEAKY_VALUE}"));
+            }
             let sub = if st.misbehave == Misbehave::UserinfoSub {
                 "someone-else".to_owned()
             } else {
