@@ -31,6 +31,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -149,6 +150,8 @@ struct RawServer {
     shutdown_grace: String,
     #[serde(default = "d_json")]
     log_format: String,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -390,6 +393,29 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// `log_format`: `json` (default) or `text`.
     pub log_format: LogFormat,
+    /// `tls_cert` and `tls_key` (PEM), read and checked at load: the public
+    /// listener serves TLS with this configuration when set.
+    pub tls: Option<TlsFiles>,
+}
+
+/// `[server] tls_cert` / `tls_key`, loaded.
+#[derive(Clone)]
+pub struct TlsFiles {
+    /// `tls_cert`: the certificate chain (PEM), resolved against the config file.
+    pub cert: PathBuf,
+    /// `tls_key`: the private key (PEM), resolved against the config file.
+    pub key: PathBuf,
+    /// The rustls configuration built from them.
+    pub config: Arc<tokio_rustls::rustls::ServerConfig>,
+}
+
+impl fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for ServerConfig {
@@ -398,6 +424,7 @@ impl fmt::Debug for ServerConfig {
             .field("listen", &self.listen)
             .field("admin_listen", &self.admin_listen)
             .field("team_domain", &self.team_domain)
+            .field("tls", &self.tls)
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
@@ -664,7 +691,35 @@ fn validate(
             LogFormat::Json
         }
     };
+    let tls = match (s.tls_cert.as_deref(), s.tls_key.as_deref()) {
+        (None, None) => None,
+        (Some(_), None) => {
+            issues.push(issue(
+                "server.tls_key",
+                "missing; tls_cert needs the matching private key (PEM) in tls_key",
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            issues.push(issue(
+                "server.tls_cert",
+                "missing; tls_key needs the certificate chain (PEM) in tls_cert",
+            ));
+            None
+        }
+        (Some(cert), Some(key)) => {
+            let (cert, key) = (resolve(base, cert), resolve(base, key));
+            match crate::tls::load(&cert, &key) {
+                Ok(config) => Some(TlsFiles { cert, key, config }),
+                Err(found) => {
+                    issues.extend(found.into_iter().map(|i| issue(i.key, i.message)));
+                    None
+                }
+            }
+        }
+    };
     let server = ServerConfig {
+        tls,
         listen,
         admin_listen,
         team_domain,
@@ -1581,6 +1636,51 @@ session_duration = "30d"
                 "{expected} not reported in {keys:?}"
             );
         }
+    }
+
+    #[test]
+    fn tls_keys_are_checked_at_load() {
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-cfg-tls-{}",
+            crate::crypto::random_hex::<6>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = rcgen::generate_simple_self_signed(vec!["auth.example.test".to_owned()]).unwrap();
+        std::fs::write(dir.join("cert.pem"), c.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), c.signing_key.serialize_pem()).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["x.test".to_owned()]).unwrap();
+        std::fs::write(dir.join("other.pem"), other.signing_key.serialize_pem()).unwrap();
+        let with = |extra: &str| {
+            Config::from_toml_str(
+                &format!("[server]\nteam_domain = \"https://auth.example.test\"\n{extra}\n"),
+                &dir,
+            )
+        };
+        let ok = with("tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"").unwrap();
+        let tls = ok.server.tls.as_ref().unwrap();
+        assert_eq!(tls.key, dir.join("key.pem"));
+        let keys = |extra: &str| -> Vec<(String, String)> {
+            with(extra)
+                .unwrap_err()
+                .0
+                .into_iter()
+                .map(|i| (i.key, i.message))
+                .collect()
+        };
+        let only_cert = keys("tls_cert = \"cert.pem\"");
+        assert_eq!(only_cert[0].0, "server.tls_key", "{only_cert:?}");
+        let only_key = keys("tls_key = \"key.pem\"");
+        assert_eq!(only_key[0].0, "server.tls_cert", "{only_key:?}");
+        let missing = keys("tls_cert = \"absent.pem\"\ntls_key = \"key.pem\"");
+        assert_eq!(missing[0].0, "server.tls_cert", "{missing:?}");
+        assert!(missing[0].1.contains("absent.pem"), "{missing:?}");
+        let swapped = keys("tls_cert = \"key.pem\"\ntls_key = \"cert.pem\"");
+        let named: Vec<&str> = swapped.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(named, ["server.tls_cert", "server.tls_key"], "{swapped:?}");
+        let mismatch = keys("tls_cert = \"cert.pem\"\ntls_key = \"other.pem\"");
+        assert_eq!(mismatch[0].0, "server.tls_key", "{mismatch:?}");
+        assert!(mismatch[0].1.contains("does not belong"), "{mismatch:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

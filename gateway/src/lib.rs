@@ -47,6 +47,7 @@ pub mod server;
 pub mod service_tokens;
 pub mod session;
 pub mod store;
+pub mod tls;
 pub mod users;
 
 pub use config::Config;

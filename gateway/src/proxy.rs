@@ -65,11 +65,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     upgrade
 }
 
-/// Appends this hop to `X-Forwarded-For`, `X-Forwarded-Proto` (`http`) and
-/// `X-Forwarded-Host` (the request's host).
-pub fn append_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
+/// Appends this hop to `X-Forwarded-For`, `X-Forwarded-Proto` (`proto`:
+/// `http`, or `https` behind the gateway's TLS) and `X-Forwarded-Host`
+/// (the request's host).
+pub fn append_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &str,
+    host: Option<&HeaderValue>,
+) {
     append(headers, X_FORWARDED_FOR, &client.to_string());
-    append(headers, X_FORWARDED_PROTO, "http");
+    append(headers, X_FORWARDED_PROTO, proto);
     if let Some(host) = host.and_then(|h| h.to_str().ok()) {
         append(headers, X_FORWARDED_HOST, host);
     }
@@ -113,6 +119,7 @@ pub fn upstream_uri(authority: &str, prefix: &str, uri: &Uri) -> Option<Uri> {
 pub struct Forwarder {
     client: Client<HttpConnector, Incoming>,
     read_timeout: Duration,
+    proto: &'static str,
 }
 
 /// A request ready to forward: sanitized head, untouched streaming body.
@@ -143,7 +150,14 @@ impl Forwarder {
         Forwarder {
             client,
             read_timeout,
+            proto: "http",
         }
+    }
+
+    /// Marks requests as received over TLS (`X-Forwarded-Proto: https`).
+    pub fn over_tls(mut self, tls: bool) -> Self {
+        self.proto = if tls { "https" } else { "http" };
+        self
     }
 
     /// Sends `outgoing` to the origin at `authority` (under `prefix`) and returns its response, streaming.
@@ -166,7 +180,7 @@ impl Forwarder {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        append_forwarded(&mut parts.headers, client.ip(), host.as_ref());
+        append_forwarded(&mut parts.headers, client.ip(), self.proto, host.as_ref());
         if let Some(host) = host {
             parts.headers.insert(HOST, host);
         }
@@ -279,6 +293,7 @@ mod tests {
         append_forwarded(
             &mut h,
             "127.0.0.1".parse().unwrap(),
+            "http",
             Some(&HeaderValue::from_static("app.example.com")),
         );
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, 198.51.100.1, 127.0.0.1");

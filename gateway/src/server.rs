@@ -228,7 +228,8 @@ pub async fn start_with_listeners(
             config.server.upstream_connect_timeout,
             config.server.upstream_timeout,
             Duration::from_secs(90),
-        ),
+        )
+        .over_tls(config.server.tls.is_some()),
         config: config.clone(),
         store: services.store.clone(),
         keys: services.keys.clone(),
@@ -259,6 +260,11 @@ pub async fn start_with_listeners(
         let gw = gateway.clone();
         tokio::spawn(serve(
             listener,
+            config
+                .server
+                .tls
+                .as_ref()
+                .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone())),
             stopped.clone(),
             config.server.shutdown_grace,
             move |req, peer| gw.clone().handle(req, peer),
@@ -268,12 +274,13 @@ pub async fn start_with_listeners(
         let gw = gateway.clone();
         tokio::spawn(serve(
             admin_listener,
+            None,
             stopped.clone(),
             config.server.shutdown_grace,
             move |req, _| crate::admin::handle(gw.clone(), req),
         ))
     };
-    tracing::info!(%addr, %admin_addr, storage = gateway.store.backend(), apps = gateway.apps.len(), "gateway serving");
+    tracing::info!(%addr, %admin_addr, tls = config.server.tls.is_some(), storage = gateway.store.backend(), apps = gateway.apps.len(), "gateway serving");
     let gw = gateway.clone();
     let done = tokio::spawn(async move {
         let _ = public.await;
@@ -329,8 +336,12 @@ async fn background_jobs(gw: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
     }
 }
 
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn serve<F, Fut>(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stopped: watch::Receiver<bool>,
     grace: Duration,
     handler: F,
@@ -358,10 +369,38 @@ async fn serve<F, Fut>(
             let fut = handler(req, peer);
             async move { Ok::<_, std::convert::Infallible>(fut.await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // The handshake runs here, off the accept loop.
+            let result = match tls {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

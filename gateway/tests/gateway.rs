@@ -703,3 +703,126 @@ async fn websocket_upgrade_through_the_gateway() {
     );
     h.finish().await;
 }
+
+/// The public listener over TLS (`[server] tls_cert` / `tls_key`): a client
+/// that trusts the self-signed certificate gets the certs document and a
+/// service-token request through; the cookie is `Secure`, the origin sees
+/// `X-Forwarded-Proto: https`; plain HTTP and a client that does not trust
+/// the certificate get nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_serves_certs_and_service_tokens() {
+    let backend = Backend::sqlite();
+    // webpki does not match a wildcard directly under a single-label name
+    // (`*.test`), so the hosts are listed too.
+    let cert = rcgen::generate_simple_self_signed(vec![
+        "*.test".to_owned(),
+        "auth.test".to_owned(),
+        "echo.test".to_owned(),
+        "127.0.0.1".to_owned(),
+    ])
+    .unwrap();
+    std::fs::write(backend.dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(
+        backend.dir.join("key.pem"),
+        cert.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let echo = common::Echo::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let admin_port = admin.local_addr().unwrap().port();
+    let text = common::config_text(&backend, port, admin_port, echo.addr, "")
+        .replace("team_domain = \"http://", "team_domain = \"https://")
+        .replace(
+            "log_format = \"text\"",
+            "log_format = \"text\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"",
+        );
+    let config = portcullis_gateway::Config::from_toml_str(&text, &backend.dir).unwrap();
+    assert!(config.server.tls.is_some());
+    let services = portcullis_gateway::Services::open(config.clone())
+        .await
+        .unwrap();
+    let creds = services.tokens.create("report-bot", None).await.unwrap();
+    let gw = portcullis_gateway::start_with_listeners(config, listener, admin)
+        .await
+        .unwrap();
+
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let client = |trusted: &str| {
+        reqwest::Client::builder()
+            .resolve("auth.test", addr)
+            .resolve("echo.test", addr)
+            .tls_certs_only([reqwest::Certificate::from_pem(trusted.as_bytes()).unwrap()])
+            .build()
+            .unwrap()
+    };
+    let trusting = client(&cert.cert.pem());
+
+    let certs = trusting
+        .get(format!("https://auth.test:{port}/cdn-cgi/access/certs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(certs.status(), 200);
+    let doc = body(certs).await;
+    assert!(!doc["keys"].as_array().unwrap().is_empty(), "{doc}");
+    assert!(doc["public_cert"]["kid"].is_string(), "{doc}");
+    // The same over the IP address in the certificate.
+    let by_ip = trusting
+        .get(format!("https://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(by_ip.status().as_u16() < 500, "{}", by_ip.status());
+
+    let r = trusting
+        .get(format!("https://echo.test:{port}/over-tls"))
+        .header(CLIENT_ID_HEADER, &creds.client_id)
+        .header(CLIENT_SECRET_HEADER, &creds.client_secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.contains("Secure"), "{set_cookie}");
+    let seen = body(r).await;
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    let token = seen[JWT_ASSERTION_HEADER].as_str().unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            token.split('.').nth(1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["iss"], format!("https://auth.test:{port}"));
+    assert_eq!(claims["common_name"], creds.client_id.as_str());
+
+    // Plain HTTP on the TLS port, and a client that trusts another
+    // certificate, are refused.
+    let plain = reqwest::Client::builder()
+        .resolve("auth.test", addr)
+        .build()
+        .unwrap()
+        .get(format!("http://auth.test:{port}/cdn-cgi/access/certs"))
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || plain.unwrap().status() != 200,
+        "plain HTTP must not be served on the TLS listener"
+    );
+    let stranger = rcgen::generate_simple_self_signed(vec!["auth.test".to_owned()]).unwrap();
+    let untrusting = client(&stranger.cert.pem());
+    assert!(
+        untrusting
+            .get(format!("https://auth.test:{port}/cdn-cgi/access/certs"))
+            .send()
+            .await
+            .is_err()
+    );
+
+    gw.shutdown().await;
+    backend.cleanup().await;
+}
