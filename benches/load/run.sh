@@ -6,7 +6,15 @@
 #   sidecar's RSS with 1,000 open keep-alive connections.
 #
 #   benches/load/run.sh                 # prints the markdown table
-#   DURATION=30s CONNS=64 benches/load/run.sh
+#   DURATION=30s CONNS=64 ROUNDS=5 benches/load/run.sh
+#   BEFORE_BIN=/tmp/sidecar-old benches/load/run.sh   # before/after rows in one run
+#
+# Every case runs ROUNDS times (default 3), in a different order each round
+# so that drift on a shared machine spreads over all cases; the table shows
+# the median of the rounds and each round's requests/s, plus the load
+# average when the round started. "CPU us/req" is the proxy's own CPU time
+# (user+system, from /proc) per request: less sensitive to neighbours than
+# requests/s.
 #
 # Needs: wrk, nginx (apt-get install wrk nginx); optional: apache2
 # libapache2-mod-oauth2. Ports are taken from BASE_PORT (default 18000) up.
@@ -18,11 +26,15 @@ CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 TOKENS=${TOKENS:-20000}
 MANY_CONNS=${MANY_CONNS:-1000}
+ROUNDS=${ROUNDS:-3}
+BEFORE_BIN=${BEFORE_BIN:-}
 BASE_PORT=${BASE_PORT:-18000}
 NGINX_PORT=$((BASE_PORT + 1))
 APACHE_PORT=$((BASE_PORT + 2))
 SIDECAR_PORT=$((BASE_PORT + 3))
 ADMIN_PORT=$((BASE_PORT + 4))
+BEFORE_PORT=$((BASE_PORT + 5))
+BEFORE_ADMIN_PORT=$((BASE_PORT + 6))
 
 for tool in wrk nginx; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y wrk nginx" >&2; exit 1; }
@@ -86,15 +98,22 @@ nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
 wait_for "$NGINX_PORT"
 
 # The sidecar; access logs at warn so no row pays for logging (nginx and
-# Apache run without access logs too).
-RUST_LOG=warn "$SIDECAR_BIN" --listen "127.0.0.1:$SIDECAR_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
-  --team-domain "$TEAM_DOMAIN" --audience "$AUD" --upstream "$UPSTREAM" >"$WORK/sidecar.log" 2>&1 &
-SIDECAR_PID=$!; PIDS+=("$SIDECAR_PID")
-wait_for "$SIDECAR_PORT"
-for _ in $(seq 1 100); do
-  curl -fs "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+# Apache run without access logs too). Default runtime: one tokio worker per
+# core (2 here), like nginx's worker_processes $THREADS.
+start_sidecar() { # bin port admin-port -> pid in STARTED_PID
+  RUST_LOG=warn "$1" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" \
+    --team-domain "$TEAM_DOMAIN" --audience "$AUD" --upstream "$UPSTREAM" >>"$WORK/sidecar.log" 2>&1 &
+  STARTED_PID=$!; PIDS+=("$STARTED_PID")
+  wait_for "$2"
+  for _ in $(seq 1 100); do
+    curl -fs "http://127.0.0.1:$3/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+}
+start_sidecar "$SIDECAR_BIN" "$SIDECAR_PORT" "$ADMIN_PORT"; SIDECAR_PID=$STARTED_PID
+if [ -n "$BEFORE_BIN" ]; then
+  start_sidecar "$BEFORE_BIN" "$BEFORE_PORT" "$BEFORE_ADMIN_PORT"; BEFORE_PID=$STARTED_PID
+fi
 
 # Apache with mod_oauth2 validating the same token against the same certs.
 APACHE=no
@@ -152,78 +171,165 @@ curl -fs "http://127.0.0.1:$NGINX_PORT/" >/dev/null
 curl -fs -H "Cf-Access-Jwt-Assertion: $TOKEN" "http://127.0.0.1:$SIDECAR_PORT/" >/dev/null
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SIDECAR_PORT/")" = 401 ]
 
-# wrk --latency output -> "rps p50 p99" (latencies in ms).
+# Sum of user+system CPU ticks of the given pids.
+cpu_ticks() { local t=0 pid; for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$t"; }
+NGINX_PIDS=$(pgrep -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')
+CLK_TCK=$(getconf CLK_TCK)
+
+# measure "pids" conns wrk-args... -> "rps p50 p99 cpu_us_per_request" (latencies in ms).
 measure() {
-  local out
+  local out pids=$1 t0 t1
+  shift
+  # shellcheck disable=SC2086
+  t0=$(cpu_ticks $pids)
   out=$(wrk -t"$THREADS" -c"$1" -d"$DURATION" --latency "${@:2}")
+  # shellcheck disable=SC2086
+  t1=$(cpu_ticks $pids)
   echo "$out" >"$WORK/last-wrk.txt"
   if grep -q "Non-2xx" <<<"$out"; then
     echo "non-2xx answers during: ${*:2}" >&2; grep "Non-2xx" <<<"$out" >&2
   fi
-  awk '
+  awk -v ticks=$((t1 - t0)) -v hz="$CLK_TCK" -v haspid="$pids" '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    /requests in/ { n=$1 }
     /Requests\/sec/ { rps=$2 }
     $1=="50%" { p50=ms($2) }
     $1=="99%" { p99=ms($2) }
-    END { printf "%.0f %.3f %.3f\n", rps, p50, p99 }' <<<"$out"
-}
-
-row() { # name rps p50 p99
-  printf "| %s | %s | %s | %s |\n" "$1" "$2" "$3" "$4"
+    END { cpu = (haspid != "" && n > 0) ? sprintf("%.1f", ticks * 1e6 / hz / n) : "-";
+          printf "%.0f %.3f %.3f %s\n", rps, p50, p99, cpu }' <<<"$out"
 }
 
 echo "warming up..." >&2
 wrk -t"$THREADS" -c"$CONNS" -d2s "$UPSTREAM/" >/dev/null
+wrk -t"$THREADS" -c"$CONNS" -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null
 wrk -t"$THREADS" -c"$CONNS" -d2s -H "Cf-Access-Jwt-Assertion: $TOKEN" "http://127.0.0.1:$SIDECAR_PORT/" >/dev/null
+[ -n "$BEFORE_BIN" ] && wrk -t"$THREADS" -c"$CONNS" -d2s -H "Cf-Access-Jwt-Assertion: $TOKEN" "http://127.0.0.1:$BEFORE_PORT/" >/dev/null
+
+CASES=(direct nginx repeat distinct)
+[ -n "$BEFORE_BIN" ] && CASES+=(before_repeat before_distinct)
+[ "$APACHE" = yes ] && CASES+=(apache)
+run_case() {
+  case $1 in
+    direct)          measure "" "$CONNS" "$UPSTREAM/" ;;
+    nginx)           measure "$NGINX_PIDS" "$CONNS" "http://127.0.0.1:$NGINX_PORT/" ;;
+    repeat)          measure "$SIDECAR_PID" "$CONNS" -H "Cf-Access-Jwt-Assertion: $TOKEN" "http://127.0.0.1:$SIDECAR_PORT/" ;;
+    distinct)        measure "$SIDECAR_PID" "$CONNS" -s "$ROOT/benches/load/sidecar_tokens.lua" "http://127.0.0.1:$SIDECAR_PORT/" -- "$WORK/tokens" ;;
+    before_repeat)   measure "$BEFORE_PID" "$CONNS" -H "Cf-Access-Jwt-Assertion: $TOKEN" "http://127.0.0.1:$BEFORE_PORT/" ;;
+    before_distinct) measure "$BEFORE_PID" "$CONNS" -s "$ROOT/benches/load/sidecar_tokens.lua" "http://127.0.0.1:$BEFORE_PORT/" -- "$WORK/tokens" ;;
+    apache)          measure "" "$CONNS" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$APACHE_PORT/" ;;
+  esac
+}
 
 declare -A R
-echo "direct..." >&2;            R[direct]=$(measure "$CONNS" "$UPSTREAM/")
-echo "nginx..." >&2;             R[nginx]=$(measure "$CONNS" "http://127.0.0.1:$NGINX_PORT/")
-echo "sidecar repeated..." >&2;  R[repeat]=$(measure "$CONNS" -H "Cf-Access-Jwt-Assertion: $TOKEN" "http://127.0.0.1:$SIDECAR_PORT/")
-echo "sidecar distinct..." >&2;  R[distinct]=$(measure "$CONNS" -s "$ROOT/benches/load/sidecar_tokens.lua" "http://127.0.0.1:$SIDECAR_PORT/" -- "$WORK/tokens")
-if [ "$APACHE" = yes ]; then
-  echo "apache..." >&2;          R[apache]=$(measure "$CONNS" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$APACHE_PORT/")
-fi
-
-# RSS on a fresh sidecar, so the distinct-token run's verified-token cache
-# (10,000 entries) does not count against the connections.
-kill "$SIDECAR_PID"; wait "$SIDECAR_PID" 2>/dev/null || true
-RUST_LOG=warn "$SIDECAR_BIN" --listen "127.0.0.1:$SIDECAR_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
-  --team-domain "$TEAM_DOMAIN" --audience "$AUD" --upstream "$UPSTREAM" >>"$WORK/sidecar.log" 2>&1 &
-SIDECAR_PID=$!; PIDS+=("$SIDECAR_PID")
-wait_for "$SIDECAR_PORT"
-curl -fs -H "Cf-Access-Jwt-Assertion: $TOKEN" "http://127.0.0.1:$SIDECAR_PORT/" >/dev/null
-rss_kib() { awk '/VmRSS/ { print $2 }' "/proc/$SIDECAR_PID/status"; }
-RSS_IDLE=$(rss_kib)
-echo "sidecar with $MANY_CONNS connections..." >&2
-wrk -t"$THREADS" -c"$MANY_CONNS" -d"$DURATION" -H "Cf-Access-Jwt-Assertion: $TOKEN" \
-  "http://127.0.0.1:$SIDECAR_PORT/" >"$WORK/many.txt" &
-WRK_PID=$!
-RSS_PEAK=$RSS_IDLE
-while kill -0 "$WRK_PID" 2>/dev/null; do
-  r=$(rss_kib); [ "$r" -gt "$RSS_PEAK" ] && RSS_PEAK=$r
-  sleep 0.2
+LOADS=()
+for round in $(seq 1 "$ROUNDS"); do
+  LOADS+=("$(cut -d' ' -f1-3 /proc/loadavg)")
+  # Rotate the order each round.
+  n=${#CASES[@]}
+  for i in $(seq 0 $((n - 1))); do
+    c=${CASES[$(((i + round - 1) % n))]}
+    echo "round $round: $c..." >&2
+    R[$c,$round]=$(run_case "$c")
+  done
 done
-MANY_RPS=$(awk '/Requests\/sec/ { printf "%.0f", $2 }' "$WORK/many.txt")
+
+# Median of the rounds, per column (1 rps, 2 p50, 3 p99, 4 cpu).
+median() { # case column
+  local r vals=()
+  for r in $(seq 1 "$ROUNDS"); do vals+=("$(cut -d' ' -f"$2" <<<"${R[$1,$r]}")"); done
+  printf '%s\n' "${vals[@]}" | sort -g | awk '{ v[NR]=$1 } END { if (v[1] == "-") print "-"; else if (NR % 2) print v[(NR+1)/2]; else printf "%.3f\n", (v[NR/2]+v[NR/2+1])/2 }'
+}
+rounds_rps() { local r out=""; for r in $(seq 1 "$ROUNDS"); do out+="${out:+ / }$(cut -d' ' -f1 <<<"${R[$1,$r]}")"; done; echo "$out"; }
+row() { # name case
+  printf "| %s | %.0f | %s | %s | %s | %s |\n" "$1" "$(median "$2" 1)" "$(median "$2" 2)" "$(median "$2" 3)" "$(median "$2" 4)" "$(rounds_rps "$2")"
+}
+
+# RSS on a fresh sidecar, so the distinct-token runs' verified-token cache
+# (10,000 entries) does not count against the connections: first with
+# MANY_CONNS connections open and idle after one request each (needs
+# python3), then with MANY_CONNS connections kept busy by wrk.
+rss_kib() { awk '/VmRSS/ { print $2 }' "/proc/$1/status"; }
+hold_idle() { # port
+  python3 - "$1" "$MANY_CONNS" "$TOKEN" <<'PY'
+import asyncio, sys
+port, n, tok = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+req = f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nCf-Access-Jwt-Assertion: {tok}\r\n\r\n".encode()
+async def one():
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(req); await w.drain(); await r.readuntil(b"hello")
+    return r, w
+async def main():
+    conns = []
+    for i in range(0, n, 100):
+        conns += await asyncio.gather(*[one() for _ in range(min(100, n - i))])
+    print("open", flush=True)
+    await asyncio.sleep(3)
+asyncio.run(main())
+PY
+}
+rss_case() { # bin port admin-port -> "fresh idle busy rps" (KiB)
+  local pid fresh idle=- busy wrk_pid r
+  start_sidecar "$1" "$2" "$3"; pid=$STARTED_PID
+  curl -fs -H "Cf-Access-Jwt-Assertion: $TOKEN" "http://127.0.0.1:$2/" >/dev/null
+  fresh=$(rss_kib "$pid")
+  if command -v python3 >/dev/null; then
+    hold_idle "$2" >"$WORK/hold.txt" & local hold_pid=$!
+    for _ in $(seq 1 100); do grep -q open "$WORK/hold.txt" 2>/dev/null && break; sleep 0.1; done
+    sleep 0.5; idle=$(rss_kib "$pid"); wait "$hold_pid" || true
+  fi
+  wrk -t"$THREADS" -c"$MANY_CONNS" -d"$DURATION" -H "Cf-Access-Jwt-Assertion: $TOKEN" \
+    "http://127.0.0.1:$2/" >"$WORK/many.txt" &
+  wrk_pid=$!
+  busy=$fresh
+  while kill -0 "$wrk_pid" 2>/dev/null; do
+    r=$(rss_kib "$pid"); [ "$r" -gt "$busy" ] && busy=$r
+    sleep 0.2
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  echo "$fresh $idle $busy $(awk '/Requests\/sec/ { printf "%.0f", $2 }' "$WORK/many.txt")"
+}
+kill "$SIDECAR_PID"; wait "$SIDECAR_PID" 2>/dev/null || true
+[ -n "$BEFORE_BIN" ] && { kill "$BEFORE_PID"; wait "$BEFORE_PID" 2>/dev/null || true; }
+echo "sidecar RSS with $MANY_CONNS connections..." >&2
+RSS_AFTER=$(rss_case "$SIDECAR_BIN" "$SIDECAR_PORT" "$ADMIN_PORT")
+[ -n "$BEFORE_BIN" ] && RSS_BEFORE=$(rss_case "$BEFORE_BIN" "$BEFORE_PORT" "$BEFORE_ADMIN_PORT")
 
 echo
-echo "wrk -t$THREADS -c$CONNS -d$DURATION, $(nproc) cores, $(uname -r); upstream: hyper hello; $TOKENS distinct tokens"
+echo "wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, $(nproc) cores, $(uname -r); upstream: hyper hello; $TOKENS distinct tokens"
+echo "load average (1/5/15 min) at the start of each round: $(IFS=';'; echo "${LOADS[*]}" | sed 's/;/; /g')"
 echo
-echo "| setup | requests/s | p50 ms | p99 ms |"
-echo "|---|---:|---:|---:|"
-read -r rps p50 p99 <<<"${R[direct]}";   row "direct (hyper hello)" "$rps" "$p50" "$p99"; DIRECT_P99=$p99
-read -r rps p50 p99 <<<"${R[nginx]}";    row "nginx proxy_pass" "$rps" "$p50" "$p99"; NGINX_RPS=$rps
-read -r rps p50 p99 <<<"${R[repeat]}";   row "sidecar, repeated token" "$rps" "$p50" "$p99"; REPEAT_RPS=$rps; REPEAT_P99=$p99
-read -r rps p50 p99 <<<"${R[distinct]}"; row "sidecar, distinct tokens" "$rps" "$p50" "$p99"
+echo "| setup | requests/s | p50 ms | p99 ms | proxy CPU us/req | requests/s per round |"
+echo "|---|---:|---:|---:|---:|---|"
+row "direct (hyper hello)" direct
+row "nginx proxy_pass" nginx
+if [ -n "$BEFORE_BIN" ]; then
+  row "sidecar before, repeated token" before_repeat
+fi
+row "sidecar, repeated token" repeat
+if [ -n "$BEFORE_BIN" ]; then
+  row "sidecar before, distinct tokens" before_distinct
+fi
+row "sidecar, distinct tokens" distinct
 if [ "$APACHE" = yes ]; then
-  read -r rps p50 p99 <<<"${R[apache]}"; row "Apache mod_oauth2" "$rps" "$p50" "$p99"; APACHE_RPS=$rps
+  row "Apache mod_oauth2" apache
 else
-  row "Apache mod_oauth2" "not installed" "" ""
+  echo "| Apache mod_oauth2 | not installed | | | | |"
 fi
 echo
-echo "sidecar RSS: fresh $((RSS_IDLE / 1024)) MiB; peak with $MANY_CONNS keep-alive connections $((RSS_PEAK / 1024)) MiB ($MANY_RPS requests/s)"
-awk -v s="$REPEAT_RPS" -v n="$NGINX_RPS" -v dp="$DIRECT_P99" -v sp="$REPEAT_P99" 'BEGIN {
+rss_line() { # name "fresh idle busy rps"
+  local fresh idle busy rps
+  read -r fresh idle busy rps <<<"$2"
+  [ "$idle" != - ] && idle="$((idle / 1024)) MiB" || idle="(no python3)"
+  echo "$1 RSS: fresh $((fresh / 1024)) MiB; $MANY_CONNS open idle keep-alive connections $idle; peak with $MANY_CONNS busy keep-alive connections $((busy / 1024)) MiB ($rps requests/s)"
+}
+[ -n "$BEFORE_BIN" ] && rss_line "sidecar before" "$RSS_BEFORE"
+rss_line "sidecar" "$RSS_AFTER"
+awk -v s="$(median repeat 1)" -v n="$(median nginx 1)" -v dp="$(median direct 3)" -v sp="$(median repeat 3)" 'BEGIN {
   printf "sidecar/nginx requests/s: %.2f (target >= 0.8); p99 added over direct: %.3f ms (target <= 1)\n", s/n, sp-dp }'
+if [ -n "$BEFORE_BIN" ]; then
+  awk -v s="$(median before_repeat 1)" -v n="$(median nginx 1)" -v dp="$(median direct 3)" -v sp="$(median before_repeat 3)" 'BEGIN {
+    printf "sidecar before/nginx requests/s: %.2f; p99 added over direct: %.3f ms\n", s/n, sp-dp }'
+fi
 if [ "$APACHE" = yes ]; then
-  awk -v s="$REPEAT_RPS" -v a="$APACHE_RPS" 'BEGIN { printf "sidecar/Apache requests/s: %.2f (target >= 2)\n", s/a }'
+  awk -v s="$(median repeat 1)" -v a="$(median apache 1)" 'BEGIN { printf "sidecar/Apache requests/s: %.2f (target >= 2)\n", s/a }'
 fi

@@ -119,13 +119,20 @@ pub fn check_source(peer: IpAddr, allow: &[IpNet]) -> Result<(), ErrorCode> {
 pub fn sanitize(headers: &mut HeaderMap, injectable: &[HeaderName]) -> Option<HeaderValue> {
     let host = headers.get(HOST).cloned();
     let upgrade = remove_hop_by_hop(headers);
-    for name in injectable {
-        headers.remove(name);
+    // Scan once; hash and remove only when a client sent one of them.
+    if headers.keys().any(|name| injectable.contains(name)) {
+        for name in injectable {
+            headers.remove(name);
+        }
     }
     // `insert` also drops any second Host, so the upstream routes by the
-    // same value we did.
+    // same value we did (skipped when the first one is already alone).
     if let Some(host) = host {
-        headers.insert(HOST, host);
+        let mut hosts = headers.get_all(HOST).iter();
+        let alone = matches!((hosts.next(), hosts.next()), (Some(first), None) if *first == host);
+        if !alone {
+            headers.insert(HOST, host);
+        }
     }
     upgrade
 }

@@ -45,6 +45,12 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// `Connection`. Returns the `Upgrade` value when the message asks for a
 /// protocol upgrade (`Connection: upgrade` plus `Upgrade`).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    // One pass over the names first: most messages carry none of these
+    // (no `Connection` means nothing listed either), and a scan is cheaper
+    // than hashing nine names for removal.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return None;
+    }
     let mut wants_upgrade = false;
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
@@ -201,14 +207,20 @@ impl Forwarder {
             upgrade,
             on_upgrade,
         } = outgoing;
-        let host = parts.headers.get(HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // Sanitizing left at most one Host; without one, the request's
+        // authority (absolute-form URI) becomes it.
+        let (host, has_host) = match parts.headers.get(HOST) {
+            Some(host) => (Some(host.clone()), true),
+            None => (
+                parts
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+                false,
+            ),
+        };
         append_forwarded_for(&mut parts.headers, forwarded_for, host.as_ref());
-        if let Some(host) = host {
+        if let Some(host) = host.filter(|_| !has_host) {
             parts.headers.insert(HOST, host);
         }
         if let Some(proto) = &upgrade {
