@@ -266,6 +266,7 @@ pub struct KeyManager {
     issuer: String,
     audiences: Vec<String>,
     ring: ArcSwap<KeyRing>,
+    metrics: std::sync::OnceLock<portcullis_core::CoreMetrics>,
 }
 
 impl std::fmt::Debug for KeyManager {
@@ -300,7 +301,17 @@ impl KeyManager {
                 keys: Vec::new(),
                 validator: None,
             }),
+            metrics: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes the gateway's own validator (of app cookies and
+    /// `Cf-Access-Jwt-Assertion` headers) count into `metrics`
+    /// (`portcullis_validations_total{result}` and the cache hits). Takes
+    /// effect for validators built from now on, so call it before
+    /// [`start`](Self::start); a second call is ignored.
+    pub fn set_metrics(&self, metrics: portcullis_core::CoreMetrics) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// Loads the keys, creating the first one when there is none and the
@@ -472,9 +483,13 @@ impl KeyManager {
         }
         let jwks: Vec<Value> = keys.iter().map(|k| k.jwk.clone()).collect();
         let set = portcullis_core::KeySet::from_jwks(&jwks).ok()?;
-        portcullis_core::Validator::builder(self.issuer.clone())
+        let mut builder = portcullis_core::Validator::builder(self.issuer.clone())
             .audiences(self.audiences.iter().cloned())
-            .key_source(portcullis_core::KeySource::from_key_set(set))
+            .key_source(portcullis_core::KeySource::from_key_set(set));
+        if let Some(m) = self.metrics.get() {
+            builder = builder.metrics(m.clone());
+        }
+        builder
             .build()
             .map_err(|e| tracing::error!(error = %e, "cannot build the token validator"))
             .ok()

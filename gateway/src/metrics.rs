@@ -19,6 +19,11 @@ pub struct Metrics {
     pub audit_written: IntCounter,
     /// `portcullis_gateway_audit_rows_dropped_total` (queue full or storage down).
     pub audit_dropped: IntCounter,
+    /// portcullis-core's counters for the gateway's own validator:
+    /// `portcullis_validations_total{result}`,
+    /// `portcullis_key_refreshes_total{outcome}` and
+    /// `portcullis_token_cache_hits_total`.
+    pub core: portcullis_core::CoreMetrics,
 }
 
 impl Metrics {
@@ -65,6 +70,9 @@ impl Metrics {
         registry.register(Box::new(token_cache_hits.clone()))?;
         registry.register(Box::new(audit_written.clone()))?;
         registry.register(Box::new(audit_dropped.clone()))?;
+        let core = portcullis_core::CoreMetrics::register(&registry)?;
+        // Shown (at 0) from the start, so dashboards see the series.
+        let _ = core.validations.with_label_values(&["ok"]);
         Ok(Metrics {
             registry,
             requests,
@@ -73,6 +81,7 @@ impl Metrics {
             token_cache_hits,
             audit_written,
             audit_dropped,
+            core,
         })
     }
 

@@ -203,6 +203,8 @@ pub async fn start_with_listeners(
         services.org_aud.clone(),
     )?;
     login.sessions.refresh_revoked().await?;
+    let metrics = Metrics::new()?;
+    services.keys.set_metrics(metrics.core.clone());
     services.keys.start().await?;
     services
         .tokens
@@ -210,7 +212,6 @@ pub async fn start_with_listeners(
         .await
         .map_err(StartError::Store)?;
     let config = services.config.clone();
-    let metrics = Metrics::new()?;
     let (audit, audit_task) =
         crate::audit::start(services.store.clone(), &config.audit, metrics.clone());
     let gateway = Arc::new(Gateway {

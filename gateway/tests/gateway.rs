@@ -826,3 +826,91 @@ async fn tls_listener_serves_certs_and_service_tokens() {
     gw.shutdown().await;
     backend.cleanup().await;
 }
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// portcullis-core's counters of the gateway's own validator are in the
+/// admin listener's `/metrics`: cookie reuse counts `ok`, a forged cookie
+/// counts its rejection code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validations_are_counted_on_the_admin_listener() {
+    let h = Harness::start(Backend::sqlite()).await;
+    let metrics = || async {
+        let r = h.client.get(h.admin_url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    };
+    let before = metrics().await;
+    assert!(
+        before.contains("# TYPE portcullis_validations_total counter"),
+        "{before}"
+    );
+    assert_eq!(
+        sample(&before, "portcullis_validations_total{result=\"ok\"}"),
+        Some(0.0),
+        "{before}"
+    );
+    let creds = h
+        .services()
+        .await
+        .tokens
+        .create("report-bot", None)
+        .await
+        .unwrap();
+    let r = h
+        .client
+        .get(h.url("echo.test", "/"))
+        .header(CLIENT_ID_HEADER, &creds.client_id)
+        .header(CLIENT_SECRET_HEADER, &creds.client_secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    for _ in 0..3 {
+        let r = h
+            .client
+            .get(h.url("echo.test", "/"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let forged = h
+        .client
+        .get(h.url("echo.test", "/"))
+        .header("cookie", "CF_Authorization=not-a-jwt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let after = metrics().await;
+    let ok = sample(&after, "portcullis_validations_total{result=\"ok\"}").unwrap_or(0.0);
+    assert!(ok >= 3.0, "three cookie validations: {after}");
+    let malformed = sample(
+        &after,
+        "portcullis_validations_total{result=\"malformed_token\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(malformed >= 1.0, "the forged cookie: {after}");
+    assert!(
+        after.contains("portcullis_token_cache_hits_total"),
+        "{after}"
+    );
+    assert!(
+        after.contains("portcullis_gateway_requests_total"),
+        "{after}"
+    );
+    h.finish().await;
+}
