@@ -7,16 +7,17 @@
 //! so memory stays flat whatever the body size.
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::request::Parts;
+use http::uri::Authority;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use portcullis_core::ErrorCode;
 
 use crate::config::Upstream;
@@ -157,10 +158,191 @@ pub fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Option<Uri> {
 }
 
 /// A pooled HTTP/1.1 client to the upstreams.
+///
+/// A small pool of its own over hyper's connection API rather than
+/// hyper-util's generic client: one LIFO stack of idle connections per
+/// upstream authority, found by a short linear scan (a sidecar has a
+/// handful of upstreams), no per-request hashing of pool keys and no boxed
+/// request future. A connection goes back to the stack when its response
+/// body has been read to the end.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
-    client: Client<HttpConnector, Incoming>,
+    pool: Arc<Pool>,
     read_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Pool {
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    /// Per authority, idle connections, the most recently used last.
+    idle: Mutex<Vec<(Authority, Vec<Idle>)>>,
+    reaper: std::sync::Once,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// Most idle connections kept per upstream.
+const MAX_IDLE_PER_UPSTREAM: usize = 1024;
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Authority, Vec<Idle>)>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used idle connection to `authority` that is still
+    /// open and fresh.
+    fn checkout(self: &Arc<Self>, authority: &Authority) -> Option<http1::SendRequest<Incoming>> {
+        self.start_reaper();
+        let mut idle = self.lock();
+        let stack = idle
+            .iter_mut()
+            .find(|(a, _)| a.as_str() == authority.as_str())
+            .map(|(_, stack)| stack)?;
+        while let Some(conn) = stack.pop() {
+            if conn.sender.is_ready() && conn.since.elapsed() < self.idle_timeout {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, authority: &Authority, sender: http1::SendRequest<Incoming>) {
+        if !sender.is_ready() {
+            return;
+        }
+        let conn = Idle {
+            sender,
+            since: Instant::now(),
+        };
+        let mut idle = self.lock();
+        match idle
+            .iter_mut()
+            .find(|(a, _)| a.as_str() == authority.as_str())
+        {
+            Some((_, stack)) if stack.len() < MAX_IDLE_PER_UPSTREAM => stack.push(conn),
+            Some(_) => {}
+            None => idle.push((authority.clone(), vec![conn])),
+        }
+    }
+
+    /// Closes connections idle for longer than the idle timeout, in the
+    /// background, for as long as the pool exists.
+    fn start_reaper(self: &Arc<Self>) {
+        self.reaper.call_once(|| {
+            let pool = Arc::downgrade(self);
+            let period = (self.idle_timeout / 2).max(Duration::from_millis(100));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(period).await;
+                    let Some(pool) = pool.upgrade() else { return };
+                    let mut idle = pool.lock();
+                    for (_, stack) in idle.iter_mut() {
+                        stack.retain(|c| {
+                            !c.sender.is_closed() && c.since.elapsed() < pool.idle_timeout
+                        });
+                    }
+                }
+            });
+        });
+    }
+
+    /// A new connection to `authority`.
+    async fn connect(
+        &self,
+        authority: &Authority,
+    ) -> Result<http1::SendRequest<Incoming>, ErrorCode> {
+        let port = authority.port_u16().unwrap_or(80);
+        let host = authority.host();
+        // `[::1]` in a URL is `::1` to the resolver.
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let stream = match tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await
+        {
+            Err(_) => return Err(ErrorCode::UpstreamTimeout),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(ErrorCode::UpstreamTimeout);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "upstream connect failed");
+                return Err(ErrorCode::UpstreamUnavailable);
+            }
+            Ok(Ok(stream)) => stream,
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| ErrorCode::UpstreamUnavailable)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// The upstream's response body; hands the connection back to the pool
+/// once it has been read to the end.
+struct PooledBody {
+    inner: Incoming,
+    giveback: Option<(Arc<Pool>, Authority, http1::SendRequest<Incoming>)>,
+}
+
+impl PooledBody {
+    fn give_back(&mut self) {
+        if let Some((pool, authority, sender)) = self.giveback.take() {
+            pool.checkin(&authority, sender);
+        }
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            None => this.give_back(),
+            Some(Err(_)) => this.giveback = None,
+            Some(Ok(_)) => {}
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // An empty body (HEAD, 204, 304) may never be polled. A body dropped
+        // half-read leaves the connection unusable: it is not given back.
+        if http_body::Body::is_end_stream(&self.inner) {
+            self.give_back();
+        }
+    }
 }
 
 /// A request ready to forward: sanitized head, untouched streaming body.
@@ -179,18 +361,40 @@ pub struct Outgoing {
 impl Forwarder {
     /// A client with these timeouts; `idle` bounds pooled connections.
     pub fn new(connect_timeout: Duration, read_timeout: Duration, idle: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(idle)
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         Forwarder {
-            client,
+            pool: Arc::new(Pool {
+                connect_timeout,
+                idle_timeout: idle,
+                idle: Mutex::new(Vec::new()),
+                reaper: std::sync::Once::new(),
+            }),
             read_timeout,
+        }
+    }
+
+    /// Sends `request` on a pooled connection, or on a new one when none is
+    /// idle or the pooled one turns out closed before the request went out.
+    async fn send(
+        &self,
+        authority: &Authority,
+        request: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, http1::SendRequest<Incoming>), ErrorCode> {
+        let mut request = request;
+        if let Some(mut sender) = self.pool.checkout(authority) {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut e) => match e.take_message() {
+                    // Not sent (the upstream closed the idle connection):
+                    // safe to retry on a fresh one.
+                    Some(unsent) => request = unsent,
+                    None => return Err(classify(e.error())),
+                },
+            }
+        }
+        let mut sender = self.pool.connect(authority).await?;
+        match sender.send_request(request).await {
+            Ok(response) => Ok((response, sender)),
+            Err(e) => Err(classify(&e)),
         }
     }
 
@@ -229,13 +433,20 @@ impl Forwarder {
                 .insert(CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(UPGRADE, proto.clone());
         }
-        parts.uri = upstream_uri(upstream, &parts.uri).ok_or(ErrorCode::UpstreamUnavailable)?;
+        // Origin-form on the wire: the connection is already to the upstream.
+        let target = upstream_uri(upstream, &parts.uri).ok_or(ErrorCode::UpstreamUnavailable)?;
+        parts.uri = target
+            .path_and_query()
+            .cloned()
+            .map(Uri::from)
+            .ok_or(ErrorCode::UpstreamUnavailable)?;
         parts.version = Version::HTTP_11;
         let request = Request::from_parts(parts, body);
-        let mut response =
-            match tokio::time::timeout(self.read_timeout, self.client.request(request)).await {
+        let authority = &upstream.authority;
+        let (mut response, sender) =
+            match tokio::time::timeout(self.read_timeout, self.send(authority, request)).await {
                 Err(_) => return Err(ErrorCode::UpstreamTimeout),
-                Ok(Err(e)) => return Err(classify(&e)),
+                Ok(Err(code)) => return Err(code),
                 Ok(Ok(r)) => r,
             };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -258,6 +469,10 @@ impl Forwarder {
         }
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
+        let body = PooledBody {
+            inner: body,
+            giveback: Some((self.pool.clone(), authority.clone(), sender)),
+        };
         Ok(Response::from_parts(parts, body.boxed()))
     }
 }
@@ -278,9 +493,12 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     }
 }
 
-/// Connect timeouts are `upstream_timeout`; every other failure to get a
-/// response head is `upstream_unavailable`.
-fn classify(error: &hyper_util::client::legacy::Error) -> ErrorCode {
+/// Timeouts are `upstream_timeout`; every other failure to get a response
+/// head is `upstream_unavailable`.
+fn classify(error: &hyper::Error) -> ErrorCode {
+    if error.is_timeout() {
+        return ErrorCode::UpstreamTimeout;
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>()
