@@ -3,6 +3,11 @@
 //! waits for the database. When the queue is full rows are dropped and
 //! counted rather than slowing requests down. The same writer records
 //! service-token last-used times, coalesced per batch.
+//!
+//! [`retention`] deletes rows older than `[audit] retention` (90 days by
+//! default) every `purge_interval`, in batches of [`PURGE_BATCH`] rows
+//! with a pause between them, on its own task: never on the request path
+//! and never holding a long lock on the table.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -150,6 +155,61 @@ impl Writer {
             if let Err(e) = self.store.touch_service_tokens(&list).await {
                 tracing::warn!(error = %e, "recording service token use failed");
             }
+        }
+    }
+}
+
+/// Rows deleted per statement by the retention purge.
+pub const PURGE_BATCH: i64 = 2000;
+/// Pause between two purge batches, so other writers get the table.
+const PURGE_PAUSE: Duration = Duration::from_millis(20);
+
+/// Deletes every audit row older than `retention` (relative to `now_ms`),
+/// [`PURGE_BATCH`] rows at a time; returns how many went. Stops early
+/// (keeping what was done) when `stop` turns true.
+pub async fn purge_once(
+    store: &dyn Storage,
+    retention: Duration,
+    now_ms: i64,
+    metrics: &Metrics,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> crate::store::StoreResult<u64> {
+    let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let before = now_ms.saturating_sub(keep_ms);
+    let mut total = 0;
+    loop {
+        let n = store.purge_audit(before, PURGE_BATCH).await?;
+        total += n;
+        metrics.audit_purged.inc_by(n);
+        if n < PURGE_BATCH as u64 || *stop.borrow() {
+            return Ok(total);
+        }
+        tokio::time::sleep(PURGE_PAUSE).await;
+    }
+}
+
+/// The retention job: a purge every `config.purge_interval` (the first at
+/// start) until `stop` turns true.
+pub async fn retention(
+    store: Arc<dyn Storage>,
+    config: AuditConfig,
+    metrics: Metrics,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(config.purge_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = crate::clock::now_ms();
+        match purge_once(store.as_ref(), config.retention, now, &metrics, &stop).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(rows = n, retention = ?config.retention, "old audit rows purged")
+            }
+            Err(e) => tracing::warn!(error = %e, "audit retention purge failed"),
         }
     }
 }

@@ -210,6 +210,8 @@ struct RawAudit {
     batch_size: Option<usize>,
     flush_interval: Option<String>,
     queue_capacity: Option<usize>,
+    retention: Option<String>,
+    purge_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -507,6 +509,10 @@ pub struct AuditConfig {
     pub flush_interval: Duration,
     /// `queue_capacity`: rows buffered before new ones are dropped and counted (default 65536).
     pub queue_capacity: usize,
+    /// `retention`: rows older than this are deleted (default 90d).
+    pub retention: Duration,
+    /// `purge_interval`: how often the retention purge runs (default 1h).
+    pub purge_interval: Duration,
 }
 
 /// One `[[apps]]` entry.
@@ -865,6 +871,13 @@ fn validate(
             issues,
         ),
         queue_capacity: a.queue_capacity.unwrap_or(65536).max(16),
+        retention: duration("audit.retention", a.retention.as_deref(), "90d", issues),
+        purge_interval: duration(
+            "audit.purge_interval",
+            a.purge_interval.as_deref(),
+            "1h",
+            issues,
+        ),
     };
 
     // [login]
@@ -1471,6 +1484,8 @@ exclude = [{ country = "ru" }]
         let c = Config::from_toml_str(GOOD, Path::new("/etc/portcullis")).unwrap();
         assert_eq!(c.server.team_domain, "https://auth.example.test");
         assert!(c.server.secure_cookies);
+        assert_eq!(c.audit.retention, Duration::from_secs(90 * 86_400));
+        assert_eq!(c.audit.purge_interval, Duration::from_secs(3600));
         let app = &c.apps[0];
         assert_eq!(app.host, "grafana.example.test:8080");
         assert_eq!(app.path_prefix, "/admin");

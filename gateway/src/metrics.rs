@@ -19,6 +19,8 @@ pub struct Metrics {
     pub audit_written: IntCounter,
     /// `portcullis_gateway_audit_rows_dropped_total` (queue full or storage down).
     pub audit_dropped: IntCounter,
+    /// `portcullis_gateway_audit_rows_purged_total`: deleted by the retention purge.
+    pub audit_purged: IntCounter,
     /// portcullis-core's counters for the gateway's own validator:
     /// `portcullis_validations_total{result}`,
     /// `portcullis_key_refreshes_total{outcome}` and
@@ -69,7 +71,12 @@ impl Metrics {
         registry.register(Box::new(tokens_signed.clone()))?;
         registry.register(Box::new(token_cache_hits.clone()))?;
         registry.register(Box::new(audit_written.clone()))?;
+        let audit_purged = counter(
+            "portcullis_gateway_audit_rows_purged_total",
+            "Audit rows deleted because they were older than the retention.",
+        )?;
         registry.register(Box::new(audit_dropped.clone()))?;
+        registry.register(Box::new(audit_purged.clone()))?;
         let core = portcullis_core::CoreMetrics::register(&registry)?;
         // Shown (at 0) from the start, so dashboards see the series.
         let _ = core.validations.with_label_values(&["ok"]);
@@ -81,6 +88,7 @@ impl Metrics {
             token_cache_hits,
             audit_written,
             audit_dropped,
+            audit_purged,
             core,
         })
     }

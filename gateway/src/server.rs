@@ -257,6 +257,12 @@ pub async fn start_with_listeners(
     }
     let (stop, stopped) = watch::channel(false);
     let jobs = tokio::spawn(background_jobs(gateway.clone(), stopped.clone()));
+    let retention = tokio::spawn(crate::audit::retention(
+        gateway.store.clone(),
+        config.audit.clone(),
+        gateway.metrics.clone(),
+        stopped.clone(),
+    ));
     let public = {
         let gw = gateway.clone();
         tokio::spawn(serve(
@@ -287,6 +293,7 @@ pub async fn start_with_listeners(
         let _ = public.await;
         let _ = admin.await;
         jobs.abort();
+        let _ = retention.await;
         gw.audit.flush().await;
         // The writer ends once every sink is gone; the flush above has
         // already committed what was queued.

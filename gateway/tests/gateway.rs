@@ -39,6 +39,7 @@ on_both_backends!(
     revoked_expired_and_rotated_tokens,
     key_rotation_keeps_earlier_tokens_valid,
     routing_policies_and_admin,
+    audit_retention_purges_old_rows,
 );
 
 async fn body(r: reqwest::Response) -> Value {
@@ -911,6 +912,74 @@ async fn validations_are_counted_on_the_admin_listener() {
     assert!(
         after.contains("portcullis_gateway_requests_total"),
         "{after}"
+    );
+    h.finish().await;
+}
+
+/// `[audit] retention`: rows older than it are deleted in batches by the
+/// background purge (more rows than one batch here), newer ones stay, and
+/// the purge is counted in `/metrics`.
+async fn audit_retention_purges_old_rows(backend: Backend) {
+    let h = Harness::start_with(backend, "retention = \"1h\"\npurge_interval = \"100ms\"").await;
+    assert_eq!(h.config.audit.retention, Duration::from_secs(3600));
+    let store = h.gw().gateway.store.clone();
+    let now = portcullis_gateway::clock::now_ms();
+    let row = |app: &str, at_ms: i64| portcullis_gateway::store::AuditRecord {
+        id: 0,
+        at_ms,
+        app: app.to_owned(),
+        identity: String::new(),
+        identity_kind: "anonymous".to_owned(),
+        policy: None,
+        decision: "deny".to_owned(),
+        reason: "missing_token".to_owned(),
+        source_ip: "127.0.0.1".to_owned(),
+    };
+    let old = portcullis_gateway::audit::PURGE_BATCH as usize * 2 + 500;
+    let mut rows: Vec<_> = (0..old)
+        .map(|i| row("old", now - 2 * 3_600_000 - i as i64))
+        .collect();
+    rows.push(row("recent", now - 30 * 60_000));
+    rows.push(row("recent", now));
+    store.append_audit(&rows).await.unwrap();
+
+    let count = |app: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .audit(&portcullis_gateway::store::AuditQuery {
+                    app: Some(app.to_owned()),
+                    limit: 10_000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    let mut left = count("old").await;
+    for _ in 0..100 {
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = count("old").await;
+    }
+    assert_eq!(left, 0, "rows older than the retention are purged");
+    assert_eq!(count("recent").await, 2, "rows within the retention stay");
+    let metrics = h
+        .client
+        .get(h.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&metrics, "portcullis_gateway_audit_rows_purged_total"),
+        Some(old as f64),
+        "{metrics}"
     );
     h.finish().await;
 }

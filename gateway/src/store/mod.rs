@@ -233,6 +233,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn append_audit(&self, rows: &[AuditRecord]) -> StoreResult<()>;
     /// Reads audit rows, newest first.
     async fn audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>>;
+    /// Deletes at most `limit` audit rows older than `before_ms`, oldest
+    /// first, in one short statement; returns how many went.
+    async fn purge_audit(&self, before_ms: i64, limit: i64) -> StoreResult<u64>;
 
     /// Stores a new session.
     async fn insert_session(&self, session: &SessionRecord) -> StoreResult<()>;

@@ -470,6 +470,18 @@ impl Storage for SqlStore {
         Ok(rows.iter().map(audit_from_row).collect::<Result<_, _>>()?)
     }
 
+    async fn purge_audit(&self, before_ms: i64, limit: i64) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM audit_log WHERE id IN \
+             (SELECT id FROM audit_log WHERE at_ms < $1 ORDER BY id LIMIT $2)",
+        )
+        .bind(before_ms)
+        .bind(limit.max(1))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn insert_session(&self, x: &SessionRecord) -> StoreResult<()> {
         let sql = format!(
             "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
