@@ -424,8 +424,13 @@ impl Forwarder {
             ),
         };
         append_forwarded_for(&mut parts.headers, forwarded_for, host.as_ref());
-        if let Some(host) = host.filter(|_| !has_host) {
-            parts.headers.insert(HOST, host);
+        if !has_host {
+            // HTTP/1.1 needs a Host: the client's authority, else the
+            // upstream's own (what hyper-util's client used to add).
+            let host = host.or_else(|| HeaderValue::from_str(upstream.authority.as_str()).ok());
+            if let Some(host) = host {
+                parts.headers.insert(HOST, host);
+            }
         }
         if let Some(proto) = &upgrade {
             parts
