@@ -44,7 +44,7 @@ use crate::config::{Config, IdentityProviderKind};
 use crate::crypto::{MasterKey, constant_time_eq, random_hex, sha256_hex};
 use crate::gateway::{App, Gateway};
 use crate::identity::UserIdentity;
-use crate::oidc::{HttpClient, OidcProvider, Pending};
+use crate::oidc::{HttpClient, OidcError, OidcProvider, Pending};
 use crate::page::{self, LocalForm, ProviderButton};
 use crate::response::{Body, empty, rejection};
 use crate::session::{Session, Sessions};
@@ -977,7 +977,14 @@ impl Gateway {
                     reason = e.reason(),
                     "OIDC sign-in refused"
                 );
-                fail(StatusCode::UNAUTHORIZED, &format!("Sign-in refused: {e}."))
+                if matches!(e, OidcError::Unavailable(_)) {
+                    fail(
+                        StatusCode::BAD_GATEWAY,
+                        "The identity provider could not be reached to finish signing in. Try again in a moment.",
+                    )
+                } else {
+                    fail(StatusCode::UNAUTHORIZED, &format!("Sign-in refused: {e}."))
+                }
             }
         }
     }

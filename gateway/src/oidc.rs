@@ -35,6 +35,10 @@ use crate::identity::UserIdentity;
 
 const MAX_BODY: usize = 1024 * 1024;
 const METADATA_TTL: Duration = Duration::from_secs(3600);
+/// A login start re-checks discovery when the cached document is older than
+/// this, so a provider that went down gets the gateway's own error page
+/// instead of a redirect the browser cannot follow.
+const LOGIN_RECHECK: Duration = Duration::from_secs(15);
 const FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// An HTTP failure talking to a provider. Only a fixed description of
@@ -219,11 +223,12 @@ impl OidcProvider {
         }
     }
 
-    async fn metadata(&self, force: bool) -> Result<CoreProviderMetadata, OidcError> {
+    /// The discovery document, fetched again when the cached one is older
+    /// than `max_age` (`Duration::ZERO` forces a fetch).
+    async fn metadata(&self, max_age: Duration) -> Result<CoreProviderMetadata, OidcError> {
         let mut cache = self.cache.lock().await;
-        if !force
-            && let Some(c) = cache.as_ref()
-            && c.fetched.elapsed() < METADATA_TTL
+        if let Some(c) = cache.as_ref()
+            && c.fetched.elapsed() < max_age
         {
             return Ok(c.metadata.clone());
         }
@@ -274,7 +279,7 @@ impl OidcProvider {
 
     /// Starts a login: the URL to send the browser to and what to keep.
     pub async fn start(&self) -> Result<(String, Pending), OidcError> {
-        let client = self.client(self.metadata(false).await?)?;
+        let client = self.client(self.metadata(LOGIN_RECHECK).await?)?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = client.authorize_url(
             CoreAuthenticationFlow::AuthorizationCode,
@@ -298,15 +303,27 @@ impl OidcProvider {
     /// Finishes a login: exchanges `code`, validates the ID token, merges
     /// userinfo. `state` must already have been checked by the caller.
     pub async fn finish(&self, code: &str, pending: &Pending) -> Result<UserIdentity, OidcError> {
-        let metadata = self.metadata(false).await?;
+        let metadata = self.metadata(METADATA_TTL).await?;
         let client = self.client(metadata.clone())?;
-        let token: CoreTokenResponse = client
+        let token: Result<CoreTokenResponse, OidcError> = client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .map_err(|_| OidcError::TokenExchange("the provider has no token endpoint"))?
             .set_pkce_verifier(PkceCodeVerifier::new(pending.pkce.clone()))
             .request_async(&self.http)
             .await
-            .map_err(|e| token_error(&e))?;
+            .map_err(|e| token_error(&e));
+        let token = match token {
+            Ok(token) => token,
+            Err(e) => {
+                if matches!(e, OidcError::Unavailable(_)) {
+                    // The provider looks down: the next login start
+                    // re-discovers it and shows the error page rather than
+                    // sending the browser to a dead provider.
+                    *self.cache.lock().await = None;
+                }
+                return Err(e);
+            }
+        };
         let id_token = token.id_token().ok_or(OidcError::NoIdToken)?;
         let nonce = Nonce::new(pending.nonce.clone());
         let verified = {
@@ -328,7 +345,7 @@ impl OidcProvider {
                         "no key of the provider matches the token's key id (signature)",
                     ));
                 }
-                let fresh = self.client(self.metadata(true).await?)?;
+                let fresh = self.client(self.metadata(Duration::ZERO).await?)?;
                 let verifier = fresh.id_token_verifier();
                 id_token
                     .claims(&verifier, &nonce)
@@ -500,7 +517,8 @@ fn token_error(
             C::UnsupportedGrantType => "unsupported_grant_type",
             C::Extension(_) => "the token endpoint answered with an error",
         }),
-        E::Request(h) => OidcError::TokenExchange(h.0),
+        // The provider could not be reached: an outage, not a refusal.
+        E::Request(h) => OidcError::Unavailable(h.0),
         E::Parse(err, _) => {
             let message = err.inner().to_string();
             if err.path().to_string() == "id_token" {

@@ -311,7 +311,8 @@ pub async fn start_with_listeners(
 
 async fn background_jobs(gw: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
     let key_every = gw.config.keys.reload_interval;
-    let token_every = key_every.min(Duration::from_secs(5));
+    // Revocations must reach every replica within 5 s: reload well inside it.
+    let token_every = key_every.min(Duration::from_secs(2));
     let mut keys = tokio::time::interval(key_every);
     let mut tokens = tokio::time::interval(token_every);
     keys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
