@@ -37,6 +37,7 @@ pub mod claims;
 pub mod clock;
 pub mod error;
 pub mod extract;
+pub mod forward;
 mod jws;
 pub mod keys;
 #[cfg(feature = "metrics")]
