@@ -42,6 +42,8 @@ mod jws;
 pub mod keys;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "proxy")]
+pub mod proxy;
 pub mod source;
 #[cfg(feature = "test-support")]
 pub mod test_support;

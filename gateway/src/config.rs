@@ -526,10 +526,9 @@ pub struct AppConfig {
     pub host_has_port: bool,
     /// Optional path prefix of `domain` (`""` or `/prefix`).
     pub path_prefix: String,
-    /// `origin`: authority (`host:port`) of the http origin.
-    pub origin_authority: String,
-    /// Path prefix of `origin` (`""` or `/base`).
-    pub origin_prefix: String,
+    /// `origin`: the http origin (authority `host:port` and path prefix,
+    /// `""` or `/base`).
+    pub origin: portcullis_core::proxy::Upstream,
     /// `session_duration`: lifetime of app tokens (default 24h).
     pub session_duration: Duration,
     /// `service_token_header`: one header holding both credentials as JSON.
@@ -944,8 +943,8 @@ fn validate(
                 "must differ from the team domain's host",
             ));
         }
-        let (origin_authority, origin_prefix) = match parse_origin(&app.origin) {
-            Some(parts) => parts,
+        let origin = match parse_origin(&app.origin) {
+            Some(origin) => origin,
             None => {
                 issues.push(issue(
                     format!("{key}.origin"),
@@ -954,7 +953,11 @@ fn validate(
                         app.origin
                     ),
                 ));
-                (String::new(), String::new())
+                // Never used: a configuration with issues is refused.
+                portcullis_core::proxy::Upstream {
+                    authority: http::uri::Authority::from_static("invalid.invalid:1"),
+                    prefix: String::new(),
+                }
             }
         };
         let session_duration = duration(
@@ -1061,8 +1064,7 @@ fn validate(
             host,
             host_has_port,
             path_prefix,
-            origin_authority,
-            origin_prefix,
+            origin,
             session_duration,
             service_token_header,
             policies,
@@ -1396,8 +1398,9 @@ fn parse_domain(raw: &str) -> Option<(String, bool, String)> {
     Some((host, authority.port_u16().is_some(), path.to_owned()))
 }
 
-/// `(authority, path prefix)` of an http origin.
-fn parse_origin(raw: &str) -> Option<(String, String)> {
+/// An http origin: authority (`host:port`, the port always explicit) and
+/// path prefix.
+fn parse_origin(raw: &str) -> Option<portcullis_core::proxy::Upstream> {
     let url = url::Url::parse(raw.trim()).ok()?;
     if url.scheme() != "http" || url.query().is_some() || !url.username().is_empty() {
         return None;
@@ -1409,10 +1412,10 @@ fn parse_origin(raw: &str) -> Option<(String, String)> {
     } else {
         host.to_owned()
     };
-    Some((
-        format!("{host}:{port}"),
-        url.path().trim_end_matches('/').to_owned(),
-    ))
+    Some(portcullis_core::proxy::Upstream {
+        authority: format!("{host}:{port}").parse().ok()?,
+        prefix: url.path().trim_end_matches('/').to_owned(),
+    })
 }
 
 /// Makes a relative SQLite path absolute (against `base`) and adds
@@ -1489,8 +1492,8 @@ exclude = [{ country = "ru" }]
         let app = &c.apps[0];
         assert_eq!(app.host, "grafana.example.test:8080");
         assert_eq!(app.path_prefix, "/admin");
-        assert_eq!(app.origin_authority, "127.0.0.1:3000");
-        assert_eq!(app.origin_prefix, "/base");
+        assert_eq!(app.origin.authority, "127.0.0.1:3000");
+        assert_eq!(app.origin.prefix, "/base");
         assert_eq!(app.policies[0].include.len(), 2);
         assert_eq!(
             app.policies[0].exclude,

@@ -38,7 +38,7 @@ use crate::issue::TokenIssuer;
 use crate::keys::KeyManager;
 use crate::metrics::Metrics;
 use crate::policy::{Decision, Outcome, evaluate};
-use crate::proxy::{Forwarder, Outgoing, remove_hop_by_hop};
+use crate::proxy::{Forwarder, Outgoing, forwarded_for, remove_hop_by_hop};
 use crate::ratelimit::FailureLimiter;
 use crate::response::{Body, rejection};
 
@@ -503,12 +503,7 @@ impl Gateway {
         };
         match self
             .forwarder
-            .forward(
-                outgoing,
-                &app.config.origin_authority,
-                &app.config.origin_prefix,
-                peer,
-            )
+            .forward(outgoing, &app.config.origin, &forwarded_for(peer.ip()))
             .await
         {
             Ok(r) => r,

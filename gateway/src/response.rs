@@ -2,41 +2,10 @@
 //! small JSON / text bodies.
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
-use portcullis_core::ErrorCode;
 
-/// The body type of every response: streamed from the origin or made here.
-pub type Body = BoxBody<Bytes, hyper::Error>;
-
-/// A body made here from bytes.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// An empty body.
-pub fn empty() -> Body {
-    full(Bytes::new())
-}
-
-/// The contract's rejection with the code's own sentence.
-pub fn rejection(code: ErrorCode) -> Response<Body> {
-    rejection_with(code, code.default_message())
-}
-
-/// The contract's rejection: status of `code`, and
-/// `{"error":"<code>","message":"<message>"}`.
-pub fn rejection_with(code: ErrorCode, message: &str) -> Response<Body> {
-    let mut response = Response::new(full(code.json_body(message)));
-    *response.status_mut() = code.http_status();
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
+pub use portcullis_core::proxy::{Body, empty, full, rejection, rejection_with};
 
 /// A JSON response.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {

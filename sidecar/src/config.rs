@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use http::HeaderName;
-use http::uri::{Authority, Scheme, Uri};
+use http::uri::Authority;
 use ipnet::IpNet;
 use portcullis_core::wire;
 use serde::Deserialize;
@@ -314,48 +314,7 @@ impl fmt::Display for SettingsError {
 
 impl std::error::Error for SettingsError {}
 
-/// An upstream base URL: `http://host:port` plus an optional path prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
-    /// `host:port`.
-    pub authority: Authority,
-    /// Path prefix without a trailing slash (empty for none).
-    pub prefix: String,
-}
-
-impl Upstream {
-    /// Parses `http://host[:port][/prefix]`.
-    pub fn parse(value: &str) -> Result<Self, String> {
-        let uri: Uri = value
-            .trim()
-            .parse()
-            .map_err(|_| format!("{value:?} is not a URL such as http://127.0.0.1:3000"))?;
-        match uri.scheme() {
-            Some(s) if *s == Scheme::HTTP => {}
-            Some(s) if *s == Scheme::HTTPS => {
-                return Err(format!(
-                    "{value:?}: only http:// upstreams are supported (the sidecar runs beside the app)"
-                ));
-            }
-            _ => {
-                return Err(format!(
-                    "{value:?} is not an http:// URL such as http://127.0.0.1:3000"
-                ));
-            }
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("{value:?} has no host"))?;
-        if uri.query().is_some() || authority.as_str().contains('@') {
-            return Err(format!("{value:?}: no query or user info allowed"));
-        }
-        Ok(Upstream {
-            authority,
-            prefix: uri.path().trim_end_matches('/').to_owned(),
-        })
-    }
-}
+pub use portcullis_core::proxy::Upstream;
 
 /// One validated route.
 #[derive(Debug, Clone)]

@@ -4,34 +4,8 @@
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION};
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
-use portcullis_core::ErrorCode;
 
-/// The body type of every response: streamed from the upstream or made here.
-pub type Body = BoxBody<Bytes, hyper::Error>;
-
-/// A body made here from bytes.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// An empty body.
-pub fn empty() -> Body {
-    full(Bytes::new())
-}
-
-/// The contract's rejection: status of `code`, and
-/// `{"error":"<code>","message":"<sentence>"}`.
-pub fn rejection(code: ErrorCode) -> Response<Body> {
-    let mut response = Response::new(full(code.json_body(code.default_message())));
-    *response.status_mut() = code.http_status();
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
+pub use portcullis_core::proxy::{Body, empty, full, rejection};
 
 /// A `302 Found` to `location`.
 pub fn redirect(location: HeaderValue) -> Response<Body> {
@@ -61,6 +35,8 @@ pub fn text(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt as _;
+    use portcullis_core::ErrorCode;
 
     #[tokio::test]
     async fn rejection_shape() {
