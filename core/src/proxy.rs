@@ -211,6 +211,11 @@ pub fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Option<Uri> {
 /// handful of upstreams), no per-request hashing of pool keys and no boxed
 /// request future. A connection goes back to the stack when its response
 /// body has been read to the end.
+///
+/// By default one pool serves every thread. A server that runs one
+/// single-threaded runtime per core opts into [`Forwarder::pool_per_thread`]
+/// so that a pooled connection is only ever used by the thread whose
+/// runtime drives it.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     pool: Arc<Pool>,
@@ -222,10 +227,17 @@ pub struct Forwarder {
 struct Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
-    /// Per authority, idle connections, the most recently used last.
-    idle: Mutex<Vec<(Authority, Vec<Idle>)>>,
+    /// One shard, or one per thread (see [`thread_slot`]).
+    shards: Box<[Shard]>,
     reaper: std::sync::Once,
 }
+
+/// Per authority, idle connections, the most recently used last. Aligned
+/// to its own cache lines so that threads locking their own shards do not
+/// share one.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(Mutex<Vec<(Authority, Vec<Idle>)>>);
 
 #[derive(Debug)]
 struct Idle {
@@ -233,12 +245,42 @@ struct Idle {
     since: Instant,
 }
 
-/// Most idle connections kept per upstream.
+/// Most idle connections kept per upstream (per shard).
 const MAX_IDLE_PER_UPSTREAM: usize = 1024;
 
+/// Shards of a per-thread pool; threads beyond this share shards, which
+/// costs locality, never correctness.
+const THREAD_SHARDS: usize = 64;
+
+/// This thread's slot among the per-thread shards, handed out in the order
+/// threads first use a per-thread pool: the N workers of a
+/// thread-per-core server get N different shards.
+fn thread_slot() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SLOT.with(|slot| *slot)
+}
+
 impl Pool {
+    fn new(connect_timeout: Duration, idle_timeout: Duration, shards: usize) -> Self {
+        Pool {
+            connect_timeout,
+            idle_timeout,
+            shards: (0..shards).map(|_| Shard::default()).collect(),
+            reaper: std::sync::Once::new(),
+        }
+    }
+
+    /// The shard of the calling thread.
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Authority, Vec<Idle>)>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+        let shard = match self.shards.len() {
+            1 => &self.shards[0],
+            n => &self.shards[thread_slot() % n],
+        };
+        shard.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The most recently used idle connection to `authority` that is still
@@ -287,11 +329,13 @@ impl Pool {
                 loop {
                     tokio::time::sleep(period).await;
                     let Some(pool) = pool.upgrade() else { return };
-                    let mut idle = pool.lock();
-                    for (_, stack) in idle.iter_mut() {
-                        stack.retain(|c| {
-                            !c.sender.is_closed() && c.since.elapsed() < pool.idle_timeout
-                        });
+                    for shard in pool.shards.iter() {
+                        let mut idle = shard.0.lock().unwrap_or_else(|e| e.into_inner());
+                        for (_, stack) in idle.iter_mut() {
+                            stack.retain(|c| {
+                                !c.sender.is_closed() && c.since.elapsed() < pool.idle_timeout
+                            });
+                        }
                     }
                 }
             });
@@ -409,15 +453,27 @@ impl Forwarder {
     /// A client with these timeouts; `idle` bounds pooled connections.
     pub fn new(connect_timeout: Duration, read_timeout: Duration, idle: Duration) -> Self {
         Forwarder {
-            pool: Arc::new(Pool {
-                connect_timeout,
-                idle_timeout: idle,
-                idle: Mutex::new(Vec::new()),
-                reaper: std::sync::Once::new(),
-            }),
+            pool: Arc::new(Pool::new(connect_timeout, idle, 1)),
             read_timeout,
             proto: HeaderValue::from_static("http"),
         }
+    }
+
+    /// Keeps idle connections per thread rather than in one pool: for a
+    /// server that runs one single-threaded runtime per core, where the
+    /// task driving an upstream connection lives on the runtime of the
+    /// request that opened it. A request then only reuses connections of
+    /// its own thread, so the upstream connection's wake-ups never cross
+    /// threads. Under a work-stealing runtime the shared pool (the
+    /// default) reuses connections better.
+    pub fn pool_per_thread(mut self) -> Self {
+        let pool = &self.pool;
+        self.pool = Arc::new(Pool::new(
+            pool.connect_timeout,
+            pool.idle_timeout,
+            THREAD_SHARDS,
+        ));
+        self
     }
 
     /// Marks requests as received over TLS (`X-Forwarded-Proto: https`).
