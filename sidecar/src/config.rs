@@ -52,6 +52,8 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time allowed for in-flight requests to finish at shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most `--workers` accepted.
+pub const MAX_WORKERS: usize = 1024;
 
 /// How the sidecar answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
@@ -209,6 +211,13 @@ pub struct Cli {
     /// [default: 30s].
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
+
+    /// Worker threads serving proxied requests, like nginx's
+    /// worker_processes: each accepts connections and serves them start to
+    /// end on its own single-threaded runtime, with its own pooled upstream
+    /// connections [default: one per CPU core].
+    #[arg(long, env = "PORTCULLIS_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
 }
 
 /// The TOML config file: the flags in snake_case plus `[[routes]]`.
@@ -266,6 +275,8 @@ pub struct FileConfig {
     pub idle_timeout: Option<String>,
     /// See `--shutdown-timeout`.
     pub shutdown_timeout: Option<String>,
+    /// See `--workers`.
+    pub workers: Option<usize>,
     /// Per-host routes.
     #[serde(default)]
     pub routes: Vec<RouteFile>,
@@ -375,6 +386,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// Drain time at shutdown.
     pub shutdown_timeout: Duration,
+    /// Worker threads for proxied requests.
+    pub workers: usize,
 }
 
 fn flag_key(key: &str) -> String {
@@ -556,6 +569,16 @@ impl Settings {
             ));
         }
 
+        let workers = pick(cli.workers, file.workers).unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        if !(1..=MAX_WORKERS).contains(&workers) {
+            return Err(SettingsError::new(
+                flag_key("workers"),
+                format!("must be between 1 and {MAX_WORKERS}"),
+            ));
+        }
+
         let audiences = pick_list(&cli.audience, &file.audience);
         let extra_headers = pick_list(&cli.inject_header, &file.inject_header);
         let mut global_headers = HeaderMapping::defaults();
@@ -692,6 +715,7 @@ impl Settings {
                 pick(cli.shutdown_timeout.clone(), file.shutdown_timeout),
                 DEFAULT_SHUTDOWN_TIMEOUT,
             )?,
+            workers,
         })
     }
 }
@@ -782,6 +806,7 @@ mod tests {
         let route = s.default_route.unwrap();
         assert_eq!(route.upstream.unwrap().prefix, "/app");
         assert_eq!(s.max_header_bytes, 32 * 1024);
+        assert!(s.workers >= 1, "one worker per core");
     }
 
     #[test]
@@ -848,6 +873,18 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.key.starts_with("inject_header"), "{e}");
+        let e = Settings::load(&cli(&[
+            "--team-domain",
+            "https://a.example",
+            "--audience",
+            AUD,
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--workers",
+            "0",
+        ]))
+        .unwrap_err();
+        assert!(e.key.starts_with("workers"), "{e}");
         let e = Settings::parse_file("team_domian = \"x\"\n").unwrap_err();
         assert!(e.to_string().contains("team_domian"), "{e}");
         let e = Settings::merge(

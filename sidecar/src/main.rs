@@ -15,7 +15,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // This runtime only runs the admin server, key loading and signals:
+    // proxied requests have their own worker threads (`--workers`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

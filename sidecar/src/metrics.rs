@@ -25,6 +25,9 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// `portcullis_sidecar_config_reloads_total{outcome}`.
     pub reloads: IntCounterVec,
+    /// `portcullis_sidecar_connections_total{worker}`: client connections
+    /// accepted by each worker thread (how evenly they share the load).
+    pub connections: IntCounterVec,
 }
 
 impl Metrics {
@@ -64,7 +67,15 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let connections = IntCounterVec::new(
+            Opts::new(
+                "portcullis_sidecar_connections_total",
+                "Client connections accepted, by worker thread.",
+            ),
+            &["worker"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
@@ -75,6 +86,7 @@ impl Metrics {
             latency,
             upstream_errors,
             reloads,
+            connections,
         })
     }
 

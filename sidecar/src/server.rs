@@ -1,5 +1,14 @@
 //! Listening, serving, reloading and shutting down.
 //!
+//! Proxied requests are served thread-per-core, like nginx's worker
+//! processes: `--workers` threads (one per core by default), each running
+//! a single-threaded tokio runtime that accepts on its own handle of the
+//! listening socket and serves its connections start to end — the client
+//! connection, the pipeline and the pooled upstream connection (the
+//! forwarder keeps idle connections per thread) all stay on that thread,
+//! with no work-stealing and no cross-thread wake-ups per request. The
+//! admin server, key loading and signals run on the caller's runtime.
+//!
 //! The live configuration is one immutable [`Generation`] behind an
 //! `ArcSwap`: each request loads it once (lock-free), so a SIGHUP reload
 //! never disturbs requests or connections in flight. A new configuration
@@ -20,7 +29,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use portcullis_core::{ErrorCode, KeySource};
 use prometheus::{Histogram, IntCounter};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Cli, Settings, SettingsError};
@@ -55,11 +64,13 @@ impl Generation {
             settings.max_token_bytes,
             &metrics.core,
         )?;
+        // Pooled upstream connections stay with the worker that opened them.
         let forwarder = Forwarder::new(
             settings.connect_timeout,
             settings.read_timeout,
             settings.idle_timeout,
-        );
+        )
+        .pool_per_thread();
         Ok(Generation {
             settings,
             routes,
@@ -139,6 +150,8 @@ pub struct Running {
     admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// One per worker thread: resolves once it has drained and stopped.
+    workers: Vec<oneshot::Receiver<()>>,
 }
 
 impl std::fmt::Debug for Running {
@@ -170,8 +183,9 @@ impl Running {
 
     /// Re-reads the config file (flags and environment as at start) and
     /// swaps it in. On error the old configuration stays and the reason is
-    /// logged and returned. Listen addresses, the log format and the header
-    /// cap need a restart; changes to them are logged and ignored.
+    /// logged and returned. Listen addresses, the log format, the header
+    /// cap, the idle and shutdown timeouts and the worker count need a
+    /// restart; changes to them are logged and ignored.
     pub fn reload(&self) -> Result<(), SettingsError> {
         let shared = &self.shared;
         let _serial = shared.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -187,6 +201,7 @@ impl Running {
                     settings.max_header_bytes != o.max_header_bytes,
                 ),
                 ("idle_timeout", settings.idle_timeout != o.idle_timeout),
+                ("workers", settings.workers != o.workers),
                 (
                     "shutdown_timeout",
                     settings.shutdown_timeout != o.shutdown_timeout,
@@ -205,6 +220,7 @@ impl Running {
             settings.log_format = o.log_format;
             settings.max_header_bytes = o.max_header_bytes;
             settings.idle_timeout = o.idle_timeout;
+            settings.workers = o.workers;
             settings.shutdown_timeout = o.shutdown_timeout;
             let keys = if settings.certs_url == o.certs_url {
                 old.keys.clone()
@@ -233,6 +249,9 @@ impl Running {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        for worker in self.workers.drain(..) {
+            let _ = worker.await;
+        }
     }
 }
 
@@ -309,6 +328,7 @@ pub async fn start(cli: Cli, settings: Settings) -> Result<Running, StartError> 
         .max_header_size(16 * 1024);
     let drain = settings.shutdown_timeout;
     let mode = settings.mode;
+    let workers = settings.workers;
 
     let keys = new_key_source(&settings, &metrics, &shutdown_rx)?;
     let generation = Generation::build(settings, keys, &metrics)?;
@@ -320,32 +340,36 @@ pub async fn start(cli: Cli, settings: Settings) -> Result<Running, StartError> 
         shutdown: shutdown_rx.clone(),
     });
 
+    // Each worker accepts on its own handle (a dup) of the one listening
+    // socket; whichever is free takes the next connection.
+    let listener = listener
+        .into_std()
+        .map_err(|e| StartError::Internal(format!("listener: {e}")))?;
+    let workers = (0..workers)
+        .map(|index| {
+            let listener = listener
+                .try_clone()
+                .map_err(|e| StartError::Internal(format!("listener: {e}")))?;
+            spawn_worker(
+                index,
+                listener,
+                proxy_builder.clone(),
+                shared.clone(),
+                shutdown_rx.clone(),
+                drain,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(listener);
+
     let mut tasks = JoinSet::new();
-    let proxy_shared = shared.clone();
-    tasks.spawn(accept_loop(
-        listener,
-        proxy_builder,
-        shutdown_rx.clone(),
-        drain,
-        move |peer| {
-            let shared = proxy_shared.clone();
-            let connection = Arc::new(ConnectionState {
-                pipeline: pipeline::Connection::new(peer),
-                metrics: Mutex::new(None),
-            });
-            service_fn(move |req| {
-                let shared = shared.clone();
-                let connection = connection.clone();
-                async move { Ok::<_, Infallible>(serve_request(shared, &connection, req).await) }
-            })
-        },
-    ));
     let admin_shared = shared.clone();
     tasks.spawn(accept_loop(
         admin_listener,
         admin_builder,
         shutdown_rx,
         drain,
+        None,
         move |_peer| {
             let shared = admin_shared.clone();
             service_fn(move |req| {
@@ -354,13 +378,86 @@ pub async fn start(cli: Cli, settings: Settings) -> Result<Running, StartError> 
             })
         },
     ));
-    tracing::info!(addr = %addr, admin_addr = %admin_addr, mode = ?mode, "listening");
+    tracing::info!(addr = %addr, admin_addr = %admin_addr, mode = ?mode, workers = workers.len(), "listening");
     Ok(Running {
         shared,
         addr,
         admin_addr,
         shutdown: shutdown_tx,
         tasks,
+        workers,
+    })
+}
+
+/// Starts worker thread `index`: a single-threaded runtime serving the
+/// connections it accepts on `listener` until shutdown, then draining
+/// them. The receiver resolves when the thread is done.
+fn spawn_worker(
+    index: usize,
+    listener: std::net::TcpListener,
+    builder: http1::Builder,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) -> Result<oneshot::Receiver<()>, StartError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Internal(format!("cannot start a worker runtime: {e}")))?;
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("sidecar-worker-{index}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::error!(error = %e, worker = index, "worker cannot listen");
+                        return;
+                    }
+                };
+                let accepted = shared
+                    .metrics
+                    .connections
+                    .with_label_values(&[index.to_string().as_str()]);
+                accept_loop(
+                    listener,
+                    builder,
+                    shutdown,
+                    drain,
+                    Some(accepted),
+                    move |peer| proxy_service(shared.clone(), peer),
+                )
+                .await;
+            });
+            // Ends what is left on this runtime: pooled upstream connections
+            // and, past the drain, relayed upgrades.
+            drop(runtime);
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| StartError::Internal(format!("cannot start a worker thread: {e}")))?;
+    Ok(done_rx)
+}
+
+/// The service for one proxied client connection from `peer`.
+fn proxy_service(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+> + Send
++ 'static {
+    let connection = Arc::new(ConnectionState {
+        pipeline: pipeline::Connection::new(peer),
+        metrics: Mutex::new(None),
+    });
+    service_fn(move |req| {
+        let shared = shared.clone();
+        let connection = connection.clone();
+        async move { Ok::<_, Infallible>(serve_request(shared, &connection, req).await) }
     })
 }
 
@@ -397,6 +494,7 @@ async fn accept_loop<F, S>(
     builder: http1::Builder,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
+    counted: Option<IntCounter>,
     make_service: F,
 ) where
     F: Fn(SocketAddr) -> S,
@@ -420,6 +518,9 @@ async fn accept_loop<F, S>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                if let Some(counted) = &counted {
+                    counted.inc();
+                }
                 let connection = builder
                     .serve_connection(TokioIo::new(stream), make_service(peer))
                     .with_upgrades();

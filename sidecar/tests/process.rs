@@ -100,6 +100,7 @@ fn help_explains_every_flag() {
         "--read-timeout",
         "--idle-timeout",
         "--shutdown-timeout",
+        "--workers",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
