@@ -66,15 +66,20 @@ pub fn extract_token(headers: &HeaderMap) -> Option<&str> {
     Extractor::default().extract(headers).map(|(t, _)| t)
 }
 
-/// The first non-empty value of cookie `name` across all `Cookie` headers.
+/// The first non-empty value of cookie `name` across all `Cookie` headers
+/// (a header that is not UTF-8 is skipped; the value is not checked
+/// further: a token is validated anyway).
 pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        // `from_utf8` checks a word at a time; `HeaderValue::to_str` checks
+        // byte by byte, which showed on the gateway's cookie path (a token
+        // cookie is ~900 bytes).
+        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
+            let (k, v) = pair.split_once('=')?;
             (k.trim() == name).then(|| v.trim().trim_matches('"'))
         })
         .find(|v| !v.is_empty())
@@ -117,6 +122,33 @@ mod tests {
         assert_eq!(extract_token(&h), Some("c.c.c"));
         let h = headers(&[("cookie", "XCF_Authorization=no; CF_Authorization_x=no")]);
         assert_eq!(extract_token(&h), None);
+    }
+
+    #[test]
+    fn cookie_values_are_trimmed_and_unquoted_and_other_cookies_may_be_utf8() {
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_bytes(
+                "name=J\u{fc}rgen;  CF_Authorization = \"q.q.q\" ; x=1".as_bytes(),
+            )
+            .unwrap(),
+        );
+        assert_eq!(extract_token(&h), Some("q.q.q"));
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"CF_Authorization=\xff.x.y").unwrap(),
+        );
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("CF_Authorization=ok.ok.ok"),
+        );
+        assert_eq!(
+            extract_token(&h),
+            Some("ok.ok.ok"),
+            "a non-UTF-8 header is skipped"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! | POST | `/admin/v1/service-tokens/{name}/revoke` | revoke at once |
 //! | GET | `/admin/v1/keys` | signing keys |
 //! | POST | `/admin/v1/keys/rotate` | `{"immediate"?}` |
-//! | GET | `/admin/v1/audit?app=&since=&decision=&limit=` | newest first; `since` is RFC 3339 or Unix seconds |
+//! | GET | `/admin/v1/audit?app=&since=&decision=&limit=` | newest first; `since` is RFC 3339 or Unix seconds; a row counts `decisions` identical decisions from `at_ms` to `last_at_ms` |
 //! | POST | `/admin/v1/sessions/revoke` | `{"email"}` (every session of a user) or `{"session_id"}` → `{"revoked": n}`; at once here, within 5 s on other replicas |
 
 use std::sync::Arc;

@@ -503,11 +503,12 @@ pub struct ServiceTokensConfig {
 /// `[audit]`.
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
-    /// `batch_size`: rows per insert (default 256).
+    /// `batch_size`: distinct rows per write (default 256).
     pub batch_size: usize,
-    /// `flush_interval`: longest time a row waits (default 200ms).
+    /// `flush_interval`: longest time a decision waits; identical decisions
+    /// within it share a row (default 200ms).
     pub flush_interval: Duration,
-    /// `queue_capacity`: rows buffered before new ones are dropped and counted (default 65536).
+    /// `queue_capacity`: decisions buffered before new ones are dropped and counted (default 65536).
     pub queue_capacity: usize,
     /// `retention`: rows older than this are deleted (default 90d).
     pub retention: Duration,

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{COOKIE, HOST, SET_COOKIE};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use portcullis_core::wire::{
     ACCESS_TOKEN_HEADER, AUTHENTICATED_USER_EMAIL_HEADER, AUTHORIZATION_COOKIE, CERTS_PATH,
@@ -42,10 +42,40 @@ use crate::proxy::{Forwarder, Outgoing, forwarded_for, remove_hop_by_hop};
 use crate::ratelimit::FailureLimiter;
 use crate::response::{Body, rejection};
 
+/// Identity and credential headers never passed on from the client (the
+/// gateway sets its own `Cf-Access-Jwt-Assertion` and email header).
+const STRIPPED: [HeaderName; 5] = [
+    HeaderName::from_static(JWT_ASSERTION_HEADER),
+    HeaderName::from_static(AUTHENTICATED_USER_EMAIL_HEADER),
+    HeaderName::from_static(CLIENT_ID_HEADER),
+    HeaderName::from_static(CLIENT_SECRET_HEADER),
+    HeaderName::from_static(ACCESS_TOKEN_HEADER),
+];
+
+/// The client end of a connection of the public listener: its address and
+/// its `X-Forwarded-For` element, rendered once per connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// `addr` as an `X-Forwarded-For` element.
+    pub forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    /// The peer at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Peer {
+            addr,
+            forwarded_for: forwarded_for(addr.ip()),
+        }
+    }
+}
+
 /// Paths under this prefix on an app host are the gateway's own.
 const ACCESS_PATH_PREFIX: &str = "/cdn-cgi/access/";
 use crate::service_tokens::ServiceTokens;
-use crate::store::{AuditRecord, Storage};
+use crate::store::Storage;
 
 /// An app with its AUD tag.
 #[derive(Debug, Clone)]
@@ -54,6 +84,37 @@ pub struct App {
     pub config: AppConfig,
     /// Its AUD tag (64 hex).
     pub aud: String,
+    /// Its name and its policies' names, shared with the audit queue.
+    names: AuditNames,
+    /// `requests_total` of its admissions (`allow`, `service_auth`,
+    /// `bypass` with reason `ok`), looked up once instead of per request.
+    admitted: std::sync::OnceLock<[prometheus::IntCounter; 3]>,
+}
+
+#[derive(Debug, Clone)]
+struct AuditNames {
+    app: Arc<str>,
+    policies: Vec<Arc<str>>,
+}
+
+impl App {
+    /// `config` bound to its AUD tag.
+    pub fn new(config: AppConfig, aud: String) -> Self {
+        let names = AuditNames {
+            app: config.name.as_str().into(),
+            policies: config
+                .policies
+                .iter()
+                .map(|p| p.name.as_str().into())
+                .collect(),
+        };
+        App {
+            config,
+            aud,
+            names,
+            admitted: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 /// Everything a request needs, shared by all connections.
@@ -103,14 +164,21 @@ enum Admission {
     None(Option<ErrorCode>),
 }
 
-/// The request's host, lowercased, from `Host` or the URI authority.
-fn request_host(req: &Request<Incoming>) -> Option<String> {
-    req.headers()
+/// The request's host, lowercased, from `Host` or the URI authority
+/// (borrowed when it already is lowercase, as clients send it).
+fn request_host(req: &Request<Incoming>) -> Option<std::borrow::Cow<'_, str>> {
+    let host = req
+        .headers()
         .get(HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
-        .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?
+        .trim()
+        .trim_end_matches('.');
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
+    })
 }
 
 fn strip_port(host: &str) -> &str {
@@ -148,31 +216,32 @@ impl Gateway {
     }
 
     /// Handles one request of the public listener.
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
         let started = Instant::now();
-        let response = self.dispatch(req, peer).await;
+        let response = self.dispatch(req, &peer).await;
         self.metrics
             .latency
             .observe(started.elapsed().as_secs_f64());
         response
     }
 
-    async fn dispatch(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn dispatch(&self, req: Request<Incoming>, conn: &Peer) -> Response<Body> {
+        let peer = conn.addr;
         let Some(host) = request_host(&req) else {
             return rejection(ErrorCode::UnknownHost);
         };
+        // The team domain's and the app hosts' own routes (logins, OIDC,
+        // get-identity) are rare next to proxied requests and their
+        // futures are large: boxed, so every proxied request does not
+        // carry (and move) their state.
         if host == self.config.server.team_host {
-            return self.team_domain(req, peer).await;
+            return Box::pin(self.team_domain(req, peer)).await;
         }
         if req.uri().path().starts_with(ACCESS_PATH_PREFIX)
             && let Some(app) = self
                 .route(&host, req.uri().path())
                 .or_else(|| self.apps.iter().find(|a| self.host_matches(a, &host)))
-            && let Some(response) = self.app_routes(app, &req).await
+            && let Some(response) = Box::pin(self.app_routes(app, &req)).await
         {
             return response;
         }
@@ -184,7 +253,7 @@ impl Gateway {
             return rejection(ErrorCode::UnknownHost);
         };
         let span = tracing::info_span!("request", app = %app.config.name, method = %req.method());
-        self.admit_and_forward(app, req, peer)
+        self.admit_and_forward(app, req, conn)
             .instrument(span)
             .await
     }
@@ -301,8 +370,9 @@ impl Gateway {
         &self,
         app: &App,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: &Peer,
     ) -> Response<Body> {
+        let peer = conn.addr;
         let ctx = RequestContext {
             source_ip: peer.ip(),
             country: req
@@ -312,22 +382,23 @@ impl Gateway {
                 .map(|c| c.trim().to_ascii_uppercase())
                 .filter(|c| c.len() == 2),
         };
-        let audit = |principal: &Principal, policy: Option<&str>, decision: &str, reason: &str| {
-            self.metrics
-                .requests
-                .with_label_values(&[&app.config.name, decision, reason])
-                .inc();
-            self.audit.record(AuditRecord {
-                id: 0,
-                at_ms: crate::clock::now_ms(),
-                app: app.config.name.clone(),
-                identity: principal.audit_name().to_owned(),
-                identity_kind: principal.kind().to_owned(),
-                policy: policy.map(str::to_owned),
-                decision: decision.to_owned(),
-                reason: reason.to_owned(),
-                source_ip: peer.ip().to_string(),
-            });
+        let audit = |principal: &Principal,
+                     policy: Option<usize>,
+                     decision: &'static str,
+                     reason: &'static str| {
+            self.count(app, decision, reason);
+            self.audit.record(
+                crate::audit::Decision {
+                    app: app.names.app.clone(),
+                    identity: principal.audit_name().to_owned(),
+                    identity_kind: principal.kind(),
+                    policy: policy.and_then(|i| app.names.policies.get(i).cloned()),
+                    decision,
+                    reason,
+                    source_ip: peer.ip(),
+                },
+                crate::clock::now_ms(),
+            );
         };
         let admission = match self.admission(app, req.headers(), peer).await {
             Ok(a) => a,
@@ -354,10 +425,7 @@ impl Gateway {
         };
         let outcome = evaluate(&app.config.policies, &principal, &ctx);
         let (policy, decision) = match outcome {
-            Outcome::Matched { policy, decision } => (
-                Some(app.config.policies[policy].name.as_str()),
-                Some(decision),
-            ),
+            Outcome::Matched { policy, decision } => (Some(policy), Some(decision)),
             Outcome::NoMatch => (None, None),
         };
         match decision {
@@ -391,7 +459,8 @@ impl Gateway {
             }
             Some(Decision::Bypass) => {
                 audit(&principal, policy, "bypass", "ok");
-                self.forward(app, req, peer, None, None).await
+                self.forward(app, req, &conn.forwarded_for, None, None)
+                    .await
             }
             Some(d @ (Decision::Allow | Decision::ServiceAuth)) => {
                 let now = crate::clock::now();
@@ -434,13 +503,37 @@ impl Gateway {
                     Principal::User(u) if !u.email.is_empty() => Some(u.email.as_str()),
                     _ => None,
                 };
-                let mut response = self.forward(app, req, peer, Some(&token), email).await;
+                let mut response = self
+                    .forward(app, req, &conn.forwarded_for, Some(&token), email)
+                    .await;
                 if let Some(cookie) = set_cookie {
                     response.headers_mut().append(SET_COOKIE, cookie);
                 }
                 response
             }
         }
+    }
+
+    /// Counts a decision in `requests_total{app,decision,code}`.
+    fn count(&self, app: &App, decision: &'static str, reason: &'static str) {
+        const ADMITTED: [&str; 3] = ["allow", "service_auth", "bypass"];
+        if reason == "ok"
+            && let Some(i) = ADMITTED.iter().position(|d| *d == decision)
+        {
+            let counters = app.admitted.get_or_init(|| {
+                ADMITTED.map(|d| {
+                    self.metrics
+                        .requests
+                        .with_label_values(&[&app.config.name, d, "ok"])
+                })
+            });
+            counters[i].inc();
+            return;
+        }
+        self.metrics
+            .requests
+            .with_label_values(&[&app.config.name, decision, reason])
+            .inc();
     }
 
     fn cookie(&self, token: &str, max_age: i64) -> Option<HeaderValue> {
@@ -458,7 +551,7 @@ impl Gateway {
         &self,
         app: &App,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        forwarded_for: &HeaderValue,
         token: Option<&str>,
         email: Option<&str>,
     ) -> Response<Body> {
@@ -466,14 +559,11 @@ impl Gateway {
         let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
         let upgrade = remove_hop_by_hop(&mut parts.headers);
         let headers = &mut parts.headers;
-        for name in [
-            JWT_ASSERTION_HEADER,
-            AUTHENTICATED_USER_EMAIL_HEADER,
-            CLIENT_ID_HEADER,
-            CLIENT_SECRET_HEADER,
-            ACCESS_TOKEN_HEADER,
-        ] {
-            headers.remove(name);
+        // One scan, then hash and remove only what a client actually sent.
+        if headers.keys().any(|n| STRIPPED.contains(n)) {
+            for name in &STRIPPED {
+                headers.remove(name);
+            }
         }
         if let Some(json_header) = &app.config.service_token_header {
             let is_credential = headers
@@ -503,7 +593,7 @@ impl Gateway {
         };
         match self
             .forwarder
-            .forward(outgoing, &app.config.origin, &forwarded_for(peer.ip()))
+            .forward(outgoing, &app.config.origin, forwarded_for)
             .await
         {
             Ok(r) => r,

@@ -64,7 +64,7 @@ impl Metrics {
         )?;
         let audit_dropped = counter(
             "portcullis_gateway_audit_rows_dropped_total",
-            "Audit rows lost because the queue was full or storage failed.",
+            "Decisions not audited because the queue was full or storage failed.",
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;

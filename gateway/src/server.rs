@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::crypto::{MasterKey, MasterKeyError, random_hex};
-use crate::gateway::{App, Gateway};
+use crate::gateway::{App, Gateway, Peer};
 use crate::issue::TokenIssuer;
 use crate::keys::{KeyError, KeyManager};
 use crate::metrics::Metrics;
@@ -114,10 +114,7 @@ impl Services {
             let aud = store
                 .ensure_app(&app.name, &random_hex::<32>(), now)
                 .await?;
-            apps.push(App {
-                config: app.clone(),
-                aud,
-            });
+            apps.push(App::new(app.clone(), aud));
         }
         let org_aud = store
             .meta_insert_or_get(ORG_AUD_META, &random_hex::<32>())
@@ -355,7 +352,7 @@ async fn serve<F, Fut>(
     grace: Duration,
     handler: F,
 ) where
-    F: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(hyper::Request<hyper::body::Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = hyper::Response<crate::response::Body>> + Send + 'static,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -374,8 +371,9 @@ async fn serve<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let conn = Peer::new(peer);
         let service = service_fn(move |req| {
-            let fut = handler(req, peer);
+            let fut = handler(req, conn.clone());
             async move { Ok::<_, std::convert::Infallible>(fut.await) }
         });
         let builder = builder.clone();

@@ -102,13 +102,19 @@ pub struct ServiceTokenRecord {
     pub last_used_at: Option<i64>,
 }
 
-/// One row of the audit log.
+/// One row of the audit log: one decision, or `decisions` identical ones
+/// (same app, identity, policy, decision, reason and source address) made
+/// between `at_ms` and `last_at_ms` within one flush of the audit writer.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AuditRecord {
     /// Row id (0 before insertion).
     pub id: i64,
-    /// Time of the decision, milliseconds since the epoch.
+    /// Time of the (first) decision, milliseconds since the epoch.
     pub at_ms: i64,
+    /// Time of the last decision of the row (= `at_ms` for one).
+    pub last_at_ms: i64,
+    /// How many identical decisions the row stands for (≥ 1).
+    pub decisions: i64,
     /// App name.
     pub app: String,
     /// Email, client id or `""`.

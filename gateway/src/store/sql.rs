@@ -42,14 +42,16 @@ impl MigrationSource<'static> for Migrations {
                 + Send,
         >,
     > {
-        let (init, sessions) = match self.0 {
+        let (init, sessions, audit_decisions) = match self.0 {
             Backend::Sqlite => (
                 include_str!("migrations/sqlite_0001_init.sql"),
                 include_str!("migrations/sqlite_0002_sessions.sql"),
+                include_str!("migrations/sqlite_0003_audit_decisions.sql"),
             ),
             Backend::Postgres => (
                 include_str!("migrations/postgres_0001_init.sql"),
                 include_str!("migrations/postgres_0002_sessions.sql"),
+                include_str!("migrations/postgres_0003_audit_decisions.sql"),
             ),
         };
         let migration = |version, name, sql| {
@@ -65,6 +67,7 @@ impl MigrationSource<'static> for Migrations {
             Ok(vec![
                 migration(1, "init", init),
                 migration(2, "sessions", sessions),
+                migration(3, "audit decisions", audit_decisions),
             ])
         })
     }
@@ -74,8 +77,7 @@ const TOKEN_COLUMNS: &str = "client_id, name, secret_hash, previous_secret_hash,
 const KEY_COLUMNS: &str =
     "generation, kid, created_at, activates_at, public_jwk, cert_pem, private_key_enc";
 const SESSION_COLUMNS: &str = "id, email, sub, name, groups_json, idp_id, idp_type, country, created_at, expires_at, revoked_at";
-const AUDIT_COLUMNS: &str =
-    "at_ms, app, identity, identity_kind, policy, decision, reason, source_ip";
+const AUDIT_COLUMNS: &str = "at_ms, last_at_ms, decisions, app, identity, identity_kind, policy, decision, reason, source_ip";
 
 impl SqlStore {
     /// Connects to `url` (`sqlite://PATH?mode=rwc` or `postgres://…`),
@@ -183,9 +185,14 @@ fn session_from_row(row: &AnyRow) -> Result<SessionRecord, sqlx::Error> {
 }
 
 fn audit_from_row(row: &AnyRow) -> Result<AuditRecord, sqlx::Error> {
+    let at_ms = row.try_get("at_ms")?;
     Ok(AuditRecord {
         id: row.try_get("id")?,
-        at_ms: row.try_get("at_ms")?,
+        at_ms,
+        last_at_ms: row
+            .try_get::<Option<i64>, _>("last_at_ms")?
+            .unwrap_or(at_ms),
+        decisions: row.try_get("decisions")?,
         app: row.try_get("app")?,
         identity: row.try_get("identity")?,
         identity_kind: row.try_get("identity_kind")?,
@@ -196,7 +203,7 @@ fn audit_from_row(row: &AnyRow) -> Result<AuditRecord, sqlx::Error> {
     })
 }
 
-/// Rows per `INSERT` of the audit writer (8 parameters each).
+/// Rows per `INSERT` of the audit writer (10 parameters each).
 const AUDIT_ROWS_PER_INSERT: usize = 32;
 
 #[async_trait]
@@ -413,26 +420,25 @@ impl Storage for SqlStore {
         for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
             let mut sql = format!("INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES ");
             for i in 0..chunk.len() {
-                let b = i * 8;
+                let b = i * 10;
                 if i > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8
-                ));
+                sql.push('(');
+                for p in 1..=10 {
+                    if p > 1 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!("${}", b + p));
+                }
+                sql.push(')');
             }
             let mut q = sqlx::query(&sql);
             for r in chunk {
                 q = q
                     .bind(r.at_ms)
+                    .bind(r.last_at_ms)
+                    .bind(r.decisions)
                     .bind(&r.app)
                     .bind(&r.identity)
                     .bind(&r.identity_kind)
