@@ -26,10 +26,15 @@
 //! [`code`](ValidationError::code) is one of the stable codes of the wire
 //! contract.
 //!
-//! Verified tokens are remembered (keyed by SHA-256 of the whole token) so
-//! a repeated token skips the signature check; an entry never outlives the
-//! token's `exp`, times are re-checked on every hit, and the cache is
-//! invalidated when the key set drops a key.
+//! Verified tokens are remembered (keyed by a keyed hash of the whole
+//! token, matched byte for byte) so a repeated token skips the signature
+//! check; an entry never outlives the token's `exp`, times are re-checked
+//! on every hit, and the cache is invalidated when the key set drops a
+//! key. Each thread also keeps the last verdict it served, under the same
+//! rules, so a token repeated on one connection costs one comparison.
+//! Middleware that wants no future on that path calls
+//! [`Validator::validate_now`] (or `validate_headers_now`,
+//! `validate_remembered`) and waits only when keys must be fetched.
 //!
 //! [Cloudflare Access]: https://developers.cloudflare.com/cloudflare-one/identity/authorization-cookie/validating-json/
 

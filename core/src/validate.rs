@@ -1,8 +1,10 @@
 //! The [`Validator`]: signature, issuer, audience and time checks, with a
 //! verified-token cache in front.
 
+use std::cell::RefCell;
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::Algorithm;
@@ -15,7 +17,10 @@ use crate::extract::Extractor;
 use crate::jws::{Compact, asymmetric_alg, decode_b64, parse_compact, parse_strict_json};
 use crate::keys::KeySet;
 use crate::source::KeySource;
-use crate::wire::{CERTS_PATH, claims as names};
+use crate::wire::{CERTS_PATH, JWT_ASSERTION_HEADER, claims as names};
+
+/// The token header, parsed once (a `&str` name is parsed on every lookup).
+const TOKEN_HEADER: http::HeaderName = http::HeaderName::from_static(JWT_ASSERTION_HEADER);
 
 /// Default token size limit.
 pub const DEFAULT_MAX_TOKEN_SIZE: usize = 16 * 1024;
@@ -148,6 +153,7 @@ impl ValidatorBuilder {
         });
         Ok(Validator {
             inner: Arc::new(Inner {
+                id: NEXT_VALIDATOR_ID.fetch_add(1, Ordering::Relaxed),
                 issuer,
                 audiences,
                 leeway: i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX),
@@ -204,7 +210,36 @@ impl moka::Expiry<u64, CachedVerdict> for ExpireAtTokenExpiry {
     }
 }
 
+/// Identities of validators for the per-thread memo: never reused, unlike
+/// the address of a dropped validator's `Inner`.
+static NEXT_VALIDATOR_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The last verdict this thread took from (or put into) a validator's
+/// cache. A repeated token — one client on a keep-alive connection, the
+/// common case behind an edge — is then recognised with one comparison,
+/// without hashing the token or touching the shared cache (whose lookup
+/// clones the entry and records the read for its eviction policy).
+///
+/// It is a view of the cache, not a second one: it is written only with
+/// verdicts the cache holds, is only used by the validator (`validator`,
+/// a never-reused id) and key-set epoch it was made under, matches only
+/// the byte-for-byte same token (compared without early exit), and every
+/// use re-checks the times, exactly as a cache hit does. A validator
+/// without a cache never uses it.
+struct Memo {
+    validator: u64,
+    epoch: u64,
+    token: Arc<str>,
+    claims: Arc<AccessClaims>,
+}
+
+thread_local! {
+    static MEMO: RefCell<Option<Memo>> = const { RefCell::new(None) };
+}
+
 struct Inner {
+    /// Unique per built validator (clones share it); keys the memo.
+    id: u64,
     issuer: String,
     audiences: Vec<String>,
     leeway: i64,
@@ -350,6 +385,60 @@ impl Validator {
         result
     }
 
+    /// Validates without waiting when no key fetch is needed: `Some` with
+    /// exactly what [`validate`](Self::validate) would return (and counted
+    /// the same way), `None` when the token names a key that is not loaded
+    /// (or none is loaded yet) and `validate` would fetch keys first.
+    ///
+    /// Middleware uses it to answer a repeated token (a cache hit) without
+    /// building a future, and falls back to `validate` on `None`:
+    ///
+    /// ```
+    /// # async fn demo(validator: portcullis_core::Validator, token: &str) {
+    /// let result = match validator.validate_now(token) {
+    ///     Some(result) => result,
+    ///     None => validator.validate(token).await,
+    /// };
+    /// # let _ = result; }
+    /// ```
+    pub fn validate_now(&self, token: &str) -> Option<Result<Arc<AccessClaims>, ValidationError>> {
+        match self.attempt(token) {
+            Attempt::Done(result) => {
+                self.observe(&result);
+                Some(result)
+            }
+            Attempt::KeyMissing { .. } => None,
+        }
+    }
+
+    /// The verdict this thread remembers for `token`, given as the raw
+    /// bytes found in the request (e.g. the value of the
+    /// `Cf-Access-Jwt-Assertion` header, before any conversion): `Some`
+    /// with exactly what [`validate`](Self::validate) would return — the
+    /// claims, or `expired` / `not_yet_valid`, as the times are checked
+    /// again — when this thread last served this very token from this
+    /// validator's cache under the current keys; `None` otherwise (then
+    /// find and validate the token as usual).
+    ///
+    /// A remembered token is one this validator verified: base64url
+    /// characters and dots only, no whitespace. Raw bytes equal to it are
+    /// therefore a token that extraction would return unchanged, so a
+    /// caller may skip extraction (the visible-ASCII check, trimming) for
+    /// them. Never `Some` for a validator without a cache.
+    pub fn validate_remembered(
+        &self,
+        token: &[u8],
+    ) -> Option<Result<Arc<AccessClaims>, ValidationError>> {
+        self.inner.cache.as_ref()?;
+        let claims = self.remembered(token)?;
+        self.count_cache_hit();
+        let result = self
+            .check_time(&claims, self.inner.clock.now())
+            .map(|()| claims);
+        self.observe(&result);
+        Some(result)
+    }
+
     /// Finds the token in request headers and validates it.
     pub async fn validate_headers(
         &self,
@@ -361,6 +450,31 @@ impl Validator {
                 let result = Err(ValidationError::MissingToken);
                 self.observe(&result);
                 result
+            }
+        }
+    }
+
+    /// [`validate_headers`](Self::validate_headers) without waiting: `Some`
+    /// with exactly its result when no key fetch is needed (a request
+    /// without a token included), `None` when it would fetch keys; see
+    /// [`validate_now`](Self::validate_now).
+    pub fn validate_headers_now(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Option<Result<Arc<AccessClaims>, ValidationError>> {
+        // The header comes first in extraction, and its first value is the
+        // one read; a remembered token needs no extraction.
+        if let Some(value) = headers.get(&TOKEN_HEADER)
+            && let Some(result) = self.validate_remembered(value.as_bytes())
+        {
+            return Some(result);
+        }
+        match self.inner.extractor.extract(headers) {
+            Some((token, _)) => self.validate_now(token),
+            None => {
+                let result = Err(ValidationError::MissingToken);
+                self.observe(&result);
+                Some(result)
             }
         }
     }
@@ -403,20 +517,27 @@ impl Validator {
             )));
         }
         let now = i.clock.now();
+        if i.cache.is_some()
+            && let Some(claims) = self.remembered(token.as_bytes())
+        {
+            self.count_cache_hit();
+            return Attempt::Done(self.check_time(&claims, now).map(|()| claims));
+        }
         let hash = i
             .cache
             .as_ref()
             .map(|_| i.hasher.hash_one(token.as_bytes()));
         if let (Some(cache), Some(hash)) = (&i.cache, &hash)
             && let Some(hit) = cache.get(hash)
-            && same_token(&hit.token, token)
+            && same_token(hit.token.as_bytes(), token.as_bytes())
         {
             if hit.epoch == i.source.epoch() {
-                #[cfg(feature = "metrics")]
-                if let Some(m) = &i.metrics {
-                    m.cache_hits.inc();
-                }
-                return Attempt::Done(self.check_time(&hit.claims, now).map(|()| hit.claims));
+                self.count_cache_hit();
+                let result = self
+                    .check_time(&hit.claims, now)
+                    .map(|()| hit.claims.clone());
+                self.remember(hit.epoch, hit.token, hit.claims);
+                return Attempt::Done(result);
             }
             // A key was dropped since this verdict; verify afresh.
             cache.invalidate(hash);
@@ -450,18 +571,54 @@ impl Validator {
         if let (Some(cache), Some(hash)) = (&i.cache, hash) {
             let remaining = claims.exp.saturating_add(i.leeway).saturating_sub(now);
             if remaining > 0 {
+                let token: Arc<str> = Arc::from(token);
                 cache.insert(
                     hash,
                     CachedVerdict {
-                        token: Arc::from(token),
+                        token: token.clone(),
                         claims: claims.clone(),
                         epoch: snapshot.epoch(),
                         ttl: Duration::from_secs(remaining as u64),
                     },
                 );
+                self.remember(snapshot.epoch(), token, claims.clone());
             }
         }
         Attempt::Done(Ok(claims))
+    }
+
+    fn count_cache_hit(&self) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.inner.metrics {
+            m.cache_hits.inc();
+        }
+    }
+
+    /// The claims of this thread's memo, when it holds `token`'s verdict
+    /// from this validator under the current key epoch; see [`Memo`].
+    fn remembered(&self, token: &[u8]) -> Option<Arc<AccessClaims>> {
+        MEMO.try_with(|memo| {
+            let memo = memo.borrow();
+            let memo = memo.as_ref()?;
+            (memo.validator == self.inner.id
+                && same_token(memo.token.as_bytes(), token)
+                && memo.epoch == self.inner.source.epoch())
+            .then(|| memo.claims.clone())
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// Makes a verdict the cache holds this thread's memo.
+    fn remember(&self, epoch: u64, token: Arc<str>, claims: Arc<AccessClaims>) {
+        let memo = Memo {
+            validator: self.inner.id,
+            epoch,
+            token,
+            claims,
+        };
+        // The old memo is dropped outside the borrow.
+        let _old = MEMO.try_with(|m| m.replace(Some(memo)));
     }
 
     fn check_claims(&self, claims: &AccessClaims, now: i64) -> Result<(), ValidationError> {
@@ -571,8 +728,7 @@ pub fn verify_jws(
 
 /// Equality without early exit, so the time taken does not reveal how
 /// much of a remembered token a guess got right.
-fn same_token(stored: &str, presented: &str) -> bool {
-    let (a, b) = (stored.as_bytes(), presented.as_bytes());
+fn same_token(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -605,10 +761,230 @@ mod tests {
 
     #[test]
     fn same_token_is_exact() {
-        assert!(same_token("a.b.c", "a.b.c"));
-        assert!(!same_token("a.b.c", "a.b.d"));
-        assert!(!same_token("a.b.c", "a.b.c."));
-        assert!(!same_token("", "x"));
+        assert!(same_token(b"a.b.c", b"a.b.c"));
+        assert!(!same_token(b"a.b.c", b"a.b.d"));
+        assert!(!same_token(b"a.b.c", b"a.b.c."));
+        assert!(!same_token(b"", b"x"));
+    }
+
+    mod fast_paths {
+        //! `validate_now`, `validate_headers_now` and `validate_remembered`
+        //! give exactly what the async path gives, and the per-thread memo
+        //! is invalidated as the cache is.
+
+        use super::super::*;
+        use crate::clock::FixedClock;
+        use crate::error::ErrorCode;
+        use crate::test_support::{CertsServer, TestKey, now, static_source, user_claims};
+        use serde_json::json;
+
+        const ISS: &str = "https://team.example";
+        const AUD: &str = "aud-fast";
+
+        fn validator(key: &TestKey, clock: Arc<FixedClock>, capacity: u64) -> Validator {
+            Validator::builder(ISS)
+                .audience(AUD)
+                .clock(clock)
+                .cache_capacity(capacity)
+                .key_source(static_source(&[key]))
+                .build()
+                .unwrap()
+        }
+
+        fn outcome(r: &Result<Arc<AccessClaims>, ValidationError>) -> Result<String, ErrorCode> {
+            r.as_ref()
+                .map(|c| c.identity().name().to_owned())
+                .map_err(ValidationError::code)
+        }
+
+        #[tokio::test]
+        async fn validate_now_agrees_with_validate() {
+            let key = TestKey::rsa();
+            let clock = Arc::new(FixedClock::new(now()));
+            let valid = key.sign(&user_claims(ISS, AUD, "ada@example.com"));
+            let mut expired = user_claims(ISS, AUD, "ada@example.com");
+            expired["exp"] = json!(now() - 3600);
+            let (head, _) = valid.rsplit_once('.').unwrap();
+            let tokens = [
+                valid.clone(),
+                key.sign(&expired),
+                key.sign(&user_claims(ISS, "another-app", "ada@example.com")),
+                key.sign(&user_claims("https://evil.example", AUD, "ada@example.com")),
+                format!("{head}.AAAA"),
+                "not.a.token".to_owned(),
+                String::new(),
+            ];
+            for capacity in [DEFAULT_CACHE_CAPACITY, 0] {
+                // Twice: once verified, once from the cache (or the memo).
+                for round in 0..2 {
+                    for token in &tokens {
+                        let now_result = validator(&key, clock.clone(), capacity)
+                            .validate_now(token)
+                            .expect("the key is loaded: no fetch needed");
+                        let v = validator(&key, clock.clone(), capacity);
+                        let first = v.validate_now(token).unwrap();
+                        let again = v.validate_now(token).unwrap();
+                        let async_result = v.validate(token).await;
+                        let expected = outcome(&async_result);
+                        assert_eq!(outcome(&now_result), expected, "{capacity} {round}");
+                        assert_eq!(outcome(&first), expected);
+                        assert_eq!(outcome(&again), expected);
+                    }
+                }
+            }
+        }
+
+        #[tokio::test]
+        async fn validate_now_is_none_when_keys_must_be_fetched() {
+            let key = TestKey::rsa();
+            let other = TestKey::rsa();
+            let clock = Arc::new(FixedClock::new(now()));
+            let v = validator(&key, clock, DEFAULT_CACHE_CAPACITY);
+            let token = other.sign(&user_claims(ISS, AUD, "ada@example.com"));
+            assert!(
+                v.validate_now(&token).is_none(),
+                "unknown kid: a refresh may bring it"
+            );
+            assert_eq!(
+                v.validate(&token).await.unwrap_err().code(),
+                ErrorCode::UnknownKey
+            );
+            let empty = Validator::builder(ISS)
+                .audience(AUD)
+                .key_source(KeySource::from_key_set(KeySet::default()))
+                .build()
+                .unwrap();
+            assert!(empty.validate_now(&token).is_none(), "no keys loaded yet");
+        }
+
+        #[tokio::test]
+        async fn validate_headers_now_agrees_with_validate_headers() {
+            let key = TestKey::rsa();
+            let clock = Arc::new(FixedClock::new(now()));
+            let v = validator(&key, clock, DEFAULT_CACHE_CAPACITY);
+            let token = key.sign(&user_claims(ISS, AUD, "ada@example.com"));
+            let cases: Vec<Vec<(&str, String)>> = vec![
+                vec![],
+                vec![(JWT_ASSERTION_HEADER, token.clone())],
+                vec![(JWT_ASSERTION_HEADER, format!("  {token} "))],
+                vec![("cookie", format!("a=1; CF_Authorization={token}"))],
+                vec![
+                    (JWT_ASSERTION_HEADER, "garbage".to_owned()),
+                    ("cookie", format!("CF_Authorization={token}")),
+                ],
+                vec![(JWT_ASSERTION_HEADER, " ".to_owned())],
+            ];
+            for _ in 0..2 {
+                for case in &cases {
+                    let mut headers = http::HeaderMap::new();
+                    for (name, value) in case {
+                        headers.append(
+                            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                            value.parse().unwrap(),
+                        );
+                    }
+                    let now_result = v.validate_headers_now(&headers).unwrap();
+                    let async_result = v.validate_headers(&headers).await;
+                    assert_eq!(outcome(&now_result), outcome(&async_result), "{case:?}");
+                }
+            }
+        }
+
+        #[tokio::test]
+        async fn remembered_tokens_are_exact_and_rechecked() {
+            let key = TestKey::rsa();
+            let clock = Arc::new(FixedClock::new(now()));
+            let v = validator(&key, clock.clone(), DEFAULT_CACHE_CAPACITY);
+            let token = key.sign(&user_claims(ISS, AUD, "ada@example.com"));
+            assert!(
+                v.validate_remembered(token.as_bytes()).is_none(),
+                "not seen yet"
+            );
+            let claims = v.validate(&token).await.unwrap();
+            let remembered = v.validate_remembered(token.as_bytes()).unwrap().unwrap();
+            assert!(Arc::ptr_eq(&claims, &remembered));
+            // Only the very same bytes.
+            for near in [
+                format!(" {token}"),
+                format!("{token} "),
+                token[1..].to_owned(),
+            ] {
+                assert!(v.validate_remembered(near.as_bytes()).is_none(), "{near:?}");
+            }
+            let mut flipped = token.clone().into_bytes();
+            let last = flipped.len() - 1;
+            flipped[last] ^= 1;
+            assert!(v.validate_remembered(&flipped).is_none());
+            // Only for this validator: not a clone-alike with other audiences.
+            let other = v.with_audiences(["another-app"]).unwrap();
+            assert!(other.validate_remembered(token.as_bytes()).is_none());
+            assert_eq!(
+                other.validate_now(&token).unwrap().unwrap_err().code(),
+                ErrorCode::WrongAudience
+            );
+            // The times are checked on every use.
+            clock.advance(3600 + 61);
+            assert_eq!(
+                v.validate_remembered(token.as_bytes())
+                    .unwrap()
+                    .unwrap_err()
+                    .code(),
+                ErrorCode::Expired
+            );
+            assert_eq!(
+                v.validate_now(&token).unwrap().unwrap_err().code(),
+                ErrorCode::Expired
+            );
+        }
+
+        #[tokio::test]
+        async fn nothing_is_remembered_without_a_cache() {
+            let key = TestKey::rsa();
+            let clock = Arc::new(FixedClock::new(now()));
+            let v = validator(&key, clock, 0);
+            let token = key.sign(&user_claims(ISS, AUD, "ada@example.com"));
+            let first = v.validate(&token).await.unwrap();
+            assert!(v.validate_remembered(token.as_bytes()).is_none());
+            let second = v.validate_now(&token).unwrap().unwrap();
+            assert!(!Arc::ptr_eq(&first, &second), "verified afresh");
+        }
+
+        #[tokio::test]
+        async fn a_dropped_key_invalidates_the_memo() {
+            let old = TestKey::rsa();
+            let new = TestKey::rsa();
+            let server = CertsServer::start(&[&old, &new]).await.unwrap();
+            let v = Validator::builder(server.team_domain())
+                .audience(AUD)
+                .key_source(KeySource::remote(server.certs_url()).build().unwrap())
+                .build()
+                .unwrap();
+            let token = old.sign(&user_claims(&server.team_domain(), AUD, "ada@example.com"));
+            v.validate(&token).await.unwrap();
+            assert!(v.validate_remembered(token.as_bytes()).is_some());
+            server.set_keys(&[&new]);
+            v.key_source().refresh().await.unwrap();
+            assert!(
+                v.validate_remembered(token.as_bytes()).is_none(),
+                "verdicts made under the old keys are not served"
+            );
+            assert!(v.validate_now(&token).is_none(), "its key is gone");
+            assert_eq!(
+                v.validate(&token).await.unwrap_err().code(),
+                ErrorCode::UnknownKey
+            );
+        }
+
+        #[test]
+        fn validator_ids_are_not_reused() {
+            let key = TestKey::rsa();
+            let clock = Arc::new(FixedClock::new(now()));
+            let first = validator(&key, clock.clone(), 1).inner.id;
+            // The first validator is dropped: its address may be reused,
+            // its id is not.
+            let second = validator(&key, clock, 1).inner.id;
+            assert_ne!(first, second);
+        }
     }
 
     #[test]
