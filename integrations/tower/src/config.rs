@@ -195,6 +195,53 @@ impl AccessConfig {
         headers: &HeaderMap,
     ) -> Result<Arc<AccessClaims>, ValidationError> {
         let claims = self.validator.validate_headers(headers).await?;
+        self.authorize(claims)
+    }
+
+    /// [`authenticate`](Self::authenticate) without waiting: `Some` with
+    /// exactly its result when no key fetch is needed (see
+    /// [`Validator::validate_now`]), `None` when it would fetch keys.
+    pub fn authenticate_now(
+        &self,
+        headers: &HeaderMap,
+    ) -> Option<Result<Arc<AccessClaims>, ValidationError>> {
+        Some(
+            self.validator
+                .validate_headers_now(headers)?
+                .and_then(|claims| self.authorize(claims)),
+        )
+    }
+
+    /// Like [`authenticate_now`](Self::authenticate_now) for a token an
+    /// adapter has already found in the request, the way
+    /// [`Validator::extractor`] finds it.
+    pub fn authenticate_token_now(
+        &self,
+        token: &str,
+    ) -> Option<Result<Arc<AccessClaims>, ValidationError>> {
+        Some(
+            self.validator
+                .validate_now(token)?
+                .and_then(|claims| self.authorize(claims)),
+        )
+    }
+
+    /// Like [`authenticate_now`](Self::authenticate_now) for the raw
+    /// bytes of the token header when the validator remembers them (see
+    /// [`Validator::validate_remembered`]); `None` otherwise.
+    pub fn authenticate_remembered(
+        &self,
+        token: &[u8],
+    ) -> Option<Result<Arc<AccessClaims>, ValidationError>> {
+        Some(
+            self.validator
+                .validate_remembered(token)?
+                .and_then(|claims| self.authorize(claims)),
+        )
+    }
+
+    /// Applies the rules to validated claims, counting a refusal.
+    fn authorize(&self, claims: Arc<AccessClaims>) -> Result<Arc<AccessClaims>, ValidationError> {
         self.rules
             .iter()
             .try_for_each(|r| r.check(&claims))
@@ -210,10 +257,70 @@ impl AccessConfig {
     /// The decision for a request to `path` (and `query`) with `headers`.
     pub async fn decide(&self, path: &str, query: Option<&str>, headers: &HeaderMap) -> Decision {
         let kind = self.path_kind(path);
-        if kind == PathKind::Excluded {
-            return Decision::Skip;
+        match self.decide_now_for(kind, path, query, headers) {
+            Some(decision) => decision,
+            None => self.decide_waiting(kind, path, query, headers).await,
         }
-        match (self.authenticate(headers).await, kind) {
+    }
+
+    /// The decision once [`decide_now_for`](Self::decide_now_for) said
+    /// keys must be fetched first.
+    pub(crate) async fn decide_waiting(
+        &self,
+        kind: PathKind,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Decision {
+        let result = self.authenticate(headers).await;
+        self.conclude(kind, result, path, query, headers)
+    }
+
+    /// [`decide`](Self::decide) without waiting: `Some` with exactly its
+    /// decision when no key fetch is needed — a repeated token (a cache
+    /// hit), a missing or refused token, an excluded path — and `None`
+    /// when `decide` would fetch keys.
+    pub fn decide_now(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Option<Decision> {
+        self.decide_now_for(self.path_kind(path), path, query, headers)
+    }
+
+    /// [`decide_now`](Self::decide_now) for a path whose kind the caller
+    /// has already looked up.
+    pub(crate) fn decide_now_for(
+        &self,
+        kind: PathKind,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Option<Decision> {
+        if kind == PathKind::Excluded {
+            return Some(Decision::Skip);
+        }
+        let result = self.authenticate_now(headers)?;
+        Some(self.conclude(kind, result, path, query, headers))
+    }
+
+    /// The decision on a path of `kind` once the token's fate is known:
+    /// allowed with its claims; on an optional path, anonymous otherwise;
+    /// else refused (see [`reject`](Self::reject)). `headers` are only
+    /// read for a refusal. Adapters that authenticate a token themselves
+    /// ([`authenticate_token_now`](Self::authenticate_token_now)) finish
+    /// with this, so that their decisions are [`decide`](Self::decide)'s.
+    pub fn conclude(
+        &self,
+        kind: PathKind,
+        result: Result<Arc<AccessClaims>, ValidationError>,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Decision {
+        match (result, kind) {
+            (_, PathKind::Excluded) => Decision::Skip,
             (Ok(claims), _) => Decision::Allow(claims),
             (Err(error), PathKind::Optional) => {
                 tracing::debug!(
@@ -223,7 +330,9 @@ impl AccessConfig {
                 );
                 Decision::Anonymous
             }
-            (Err(error), _) => Decision::Reject(self.reject(error, path, query, headers)),
+            (Err(error), PathKind::Protected) => {
+                Decision::Reject(self.reject(error, path, query, headers))
+            }
         }
     }
 
@@ -319,6 +428,89 @@ mod tests {
             cfg.decide("/public", None, &refused).await,
             Decision::Anonymous
         ));
+    }
+
+    fn outcome(d: &Decision) -> String {
+        match d {
+            Decision::Skip => "skip".to_owned(),
+            Decision::Anonymous => "anonymous".to_owned(),
+            Decision::Allow(c) => format!("allow {}", c.identity().name()),
+            Decision::Reject(r) => format!(
+                "reject {} {} {:?}",
+                r.status(),
+                r.error().code().as_str(),
+                r.location()
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn decide_now_agrees_with_decide() {
+        let key = TestKey::rsa();
+        let cfg = config(&key)
+            .exclude("/healthz")
+            .optional("/home")
+            .require(Rule::email_domain("example.com"))
+            .redirect_to("/login")
+            .unwrap();
+        let ada = key.sign(&user_claims(ISS, "aud", "ada@example.com"));
+        let eve = key.sign(&user_claims(ISS, "aud", "eve@evil.example"));
+        let mut expired = user_claims(ISS, "aud", "ada@example.com");
+        expired["exp"] = serde_json::json!(portcullis_core::test_support::now() - 3600);
+        let expired = key.sign(&expired);
+        let mut cases = vec![HeaderMap::new(), with_token("garbage")];
+        for token in [&ada, &eve, &expired] {
+            cases.push(with_token(token));
+            let mut browser = with_token(token);
+            browser.insert(SEC_FETCH_MODE, "navigate".parse().unwrap());
+            cases.push(browser);
+            let mut cookie = HeaderMap::new();
+            cookie.insert(COOKIE, format!("CF_Authorization={token}").parse().unwrap());
+            cases.push(cookie);
+        }
+        // Twice: verified, then from the cache.
+        for _ in 0..2 {
+            for path in ["/healthz", "/home", "/x"] {
+                for headers in &cases {
+                    let now = cfg.decide_now(path, Some("a=1"), headers).unwrap();
+                    let waited = cfg.decide(path, Some("a=1"), headers).await;
+                    assert_eq!(outcome(&now), outcome(&waited), "{path} {headers:?}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn decide_now_leaves_key_fetches_to_decide() {
+        let key = TestKey::rsa();
+        let cfg = config(&key);
+        let stranger = TestKey::rsa().sign(&user_claims(ISS, "aud", "ada@example.com"));
+        let headers = with_token(&stranger);
+        assert!(cfg.decide_now("/x", None, &headers).is_none());
+        assert!(cfg.authenticate_now(&headers).is_none());
+        assert!(cfg.authenticate_token_now(&stranger).is_none());
+        assert!(cfg.authenticate_remembered(stranger.as_bytes()).is_none());
+        match cfg.decide("/x", None, &headers).await {
+            Decision::Reject(r) => assert_eq!(r.error().code(), ErrorCode::UnknownKey),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn remembered_tokens_still_meet_the_rules() {
+        let key = TestKey::rsa();
+        let cfg = config(&key).require(Rule::email_domain("example.com"));
+        let eve = key.sign(&user_claims(ISS, "aud", "eve@evil.example"));
+        assert!(cfg.authenticate_remembered(eve.as_bytes()).is_none());
+        assert_eq!(
+            cfg.authenticate(&with_token(&eve))
+                .await
+                .unwrap_err()
+                .code(),
+            ErrorCode::Forbidden
+        );
+        let again = cfg.authenticate_remembered(eve.as_bytes()).unwrap();
+        assert_eq!(again.unwrap_err().code(), ErrorCode::Forbidden);
     }
 
     #[cfg(feature = "metrics")]

@@ -43,7 +43,11 @@
 //! service with `Arc<AccessClaims>` in the request extensions or answers
 //! itself with a [`Rejection`](crate::Rejection): the JSON error, a login
 //! redirect for page navigations, or a gRPC status for gRPC requests.
-//! Excluded paths reach the inner service without any work.
+//! Excluded paths reach the inner service without any work. Requests are
+//! decided in `call` itself whenever no key fetch is needed — a repeated
+//! token is a cache hit, answered from the validator's per-thread memo —
+//! so the common path allocates no future of its own; only a token whose
+//! key is not loaded yet waits in a boxed check.
 //!
 //! Paths are matched as this layer sees them: behind axum's `nest`, the
 //! prefix has already been stripped.
@@ -53,6 +57,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use http::request::Parts;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
@@ -62,7 +67,7 @@ use tower_service::Service;
 
 use crate::authz::Authorize;
 use crate::body::ResponseBody;
-use crate::config::{AccessConfig, Decision, PathKind};
+use crate::config::{AccessConfig, Decision};
 use crate::rejection::Protocol;
 
 /// Wraps services in [`AccessService`]; see the [module docs](self).
@@ -110,7 +115,7 @@ impl AccessLayer {
         self.map(|c| c.exclude_prefix(prefix))
     }
 
-    /// Login optional on this exact path; see [`PathKind::Optional`].
+    /// Login optional on this exact path; see [`PathKind::Optional`](crate::PathKind::Optional).
     pub fn optional(self, path: impl Into<String>) -> Self {
         self.map(|c| c.optional(path))
     }
@@ -189,33 +194,48 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // Keep the service that was driven to readiness for this request.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        if self.config.path_kind(req.uri().path()) == PathKind::Excluded {
-            return ResponseFuture {
-                state: State::Calling {
-                    future: inner.call(req),
-                },
-            };
-        }
-        // Only the head travels into the (boxed, `Send`) check, so the
-        // request body need not be `Send`.
-        let (parts, body) = req.into_parts();
-        let config = self.config.clone();
-        let decide = Box::pin(async move {
-            let decision = config
-                .decide(parts.uri.path(), parts.uri.query(), &parts.headers)
-                .await;
-            (decision, parts)
-        });
-        ResponseFuture {
-            state: State::Deciding {
-                decide,
-                rest: Some((body, inner)),
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let kind = self.config.path_kind(req.uri().path());
+        // Most requests are decided here, without a future of our own: a
+        // repeated token (a cache hit), a missing or refused token, an
+        // excluded path. Only a token whose key is not loaded yet waits.
+        let decision =
+            self.config
+                .decide_now_for(kind, req.uri().path(), req.uri().query(), req.headers());
+        let state = match decision {
+            Some(Decision::Reject(rejection)) => State::Rejected {
+                response: Some(rejection.to_response()),
             },
-        }
+            Some(decision) => {
+                if let Decision::Allow(claims) = decision {
+                    req.extensions_mut().insert(claims);
+                }
+                State::Calling {
+                    future: self.inner.call(req),
+                }
+            }
+            None => {
+                // The inner service is called later: keep the one that was
+                // driven to readiness for this request.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                // Only the head travels into the (boxed, `Send`) check, so
+                // the request body need not be `Send`.
+                let (parts, body) = req.into_parts();
+                let config = self.config.clone();
+                let decide = Box::pin(async move {
+                    let decision = config
+                        .decide_waiting(kind, parts.uri.path(), parts.uri.query(), &parts.headers)
+                        .await;
+                    (decision, parts)
+                });
+                State::Deciding {
+                    decide,
+                    rest: Some((body, inner)),
+                }
+            }
+        };
+        ResponseFuture { state }
     }
 }
 
@@ -238,7 +258,8 @@ pin_project! {
     where
         S: Service<Request<ReqBody>>,
     {
-        // Validating the token; the body and the inner service wait.
+        // Waiting for keys to validate the token; the body and the inner
+        // service wait.
         Deciding {
             decide: DecideFuture,
             rest: Option<(ReqBody, S)>,
@@ -247,6 +268,10 @@ pin_project! {
         Calling {
             #[pin]
             future: S::Future,
+        },
+        // Refused without waiting: the rejection is the answer.
+        Rejected {
+            response: Option<Response<Bytes>>,
         },
     }
 }
@@ -281,6 +306,12 @@ where
                 StateProj::Calling { future } => {
                     let response = ready!(future.poll(cx))?;
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                }
+                StateProj::Rejected { response } => {
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(response.map(ResponseBody::rejection)));
                 }
             }
         }
@@ -360,6 +391,39 @@ mod tests {
         assert_eq!(status, 401);
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["error"], "missing_token");
+    }
+
+    #[tokio::test]
+    async fn tokens_wait_for_keys_being_fetched() {
+        use portcullis_core::test_support::CertsServer;
+        let key = TestKey::rsa();
+        let certs = CertsServer::start(&[&key]).await.unwrap();
+        let validator = Validator::builder(certs.team_domain())
+            .audience("aud")
+            .key_source(
+                portcullis_core::KeySource::remote(certs.certs_url())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let l = AccessLayer::new(validator).optional("/home");
+        let iss = certs.team_domain();
+        // No key loaded yet: the first requests wait for the fetch.
+        let other = key.sign(&user_claims(&iss, "other", "ada@example.com"));
+        let (status, body) = call(&l, get("/home", Some(&other))).await;
+        assert_eq!((status, body), (200, "anonymous".into()));
+        let stranger = TestKey::rsa().sign(&user_claims(&iss, "aud", "ada@example.com"));
+        assert_eq!(call(&l, get("/", Some(&stranger))).await.0, 401);
+        let user = key.sign(&user_claims(&iss, "aud", "ada@example.com"));
+        let fetches = certs.requests();
+        for _ in 0..3 {
+            assert_eq!(
+                call(&l, get("/", Some(&user))).await,
+                (200, "ada@example.com".into())
+            );
+        }
+        assert_eq!(certs.requests(), fetches, "the loaded key serves them");
     }
 
     #[tokio::test]

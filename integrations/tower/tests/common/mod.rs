@@ -364,6 +364,44 @@ pub async fn redirect_for_browsers_only(app: TestApp) {
     assert_error(resp, 401, "missing_token").await;
 }
 
+/// The middleware's fast path (a repeated header token, decided without
+/// waiting) answers as the first, verifying request did; so do refusals
+/// decided there, which still read the other headers.
+pub async fn repeated_header_tokens(app: TestApp) {
+    let ada = app.fx.user("ada@example.com");
+    for _ in 0..5 {
+        let body = ok_body(get(&app, "/whoami", Some(&ada)).await).await;
+        assert_eq!(body, "user:ada@example.com");
+    }
+    // Whitespace around the value is trimmed, as on the first request.
+    let padded = format!(" {ada}\t");
+    assert_eq!(
+        ok_body(get(&app, "/whoami", Some(&padded)).await).await,
+        "user:ada@example.com"
+    );
+    assert_eq!(app.fx.count("ok"), 6);
+    // A rule refuses a repeated token each time.
+    let eve = app.fx.user("eve@evil.example");
+    for _ in 0..2 {
+        assert_error(get(&app, "/whoami", Some(&eve)).await, 403, "forbidden").await;
+    }
+    // An expired header token, twice, from a browser: the login page.
+    let mut claims = app.fx.claims(AUD, "ada@example.com");
+    claims["exp"] = json!(now() - 3600);
+    let expired = app.fx.sign(&claims);
+    for _ in 0..2 {
+        let resp = client()
+            .get(app.url("/whoami"))
+            .header("sec-fetch-mode", "navigate")
+            .header(JWT_ASSERTION_HEADER, &expired)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 302);
+    }
+    assert_eq!(app.fx.count("expired"), 2);
+}
+
 pub async fn concurrent_distinct_tokens(app: TestApp) {
     let client = client();
     let tokens: Vec<(String, String)> = (0..200)
@@ -402,7 +440,8 @@ macro_rules! contract_tests {
         $crate::contract_tests!(@each $start;
             header_token, cookie_token, missing_token, expired_token,
             wrong_audience, forbidden, excluded_and_optional_paths,
-            service_vs_user, redirect_for_browsers_only, concurrent_distinct_tokens);
+            service_vs_user, redirect_for_browsers_only, repeated_header_tokens,
+            concurrent_distinct_tokens);
     };
     (@each $start:path; $($name:ident),*) => {
         $(
