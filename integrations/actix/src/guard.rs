@@ -39,6 +39,13 @@
 //! JSON error, a login redirect for page navigations (see
 //! [`AccessGuard::redirect_to`]) or a gRPC status for gRPC requests.
 //!
+//! The decision is taken in `call` itself whenever no key fetch is needed:
+//! a token in the `Cf-Access-Jwt-Assertion` header is read in place from
+//! actix-web's header map, and a repeated one is a cache hit answered from
+//! the validator's per-thread memo, so that path neither copies headers
+//! nor boxes a future ([`GuardFuture`]). Only a token whose key is not
+//! loaded yet waits in a boxed check.
+//!
 //! Per-scope configuration: wrap a scope in its own guard (e.g. one built
 //! with [`Validator::with_audiences`]) and exclude that scope from the
 //! app-wide guard:
@@ -55,18 +62,20 @@
 //! # let _ = app; Ok(()) }
 //! ```
 
-use std::future::{Future, Ready, ready};
+use std::future::{Future, Ready};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use actix_web::body::EitherBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::{Error, HttpMessage};
+use pin_project_lite::pin_project;
 use portcullis_core::{ConfigError, Validator};
 use portcullis_tower::{AccessConfig, Authorize, Decision, PathKind, Protocol};
 
-use crate::bridge::{consulted_headers, into_actix};
+use crate::bridge::{TOKEN_HEADER, consulted_headers, header_token, into_actix};
 
 /// actix-web middleware requiring a valid Access token; see the
 /// [module docs](self).
@@ -152,7 +161,7 @@ where
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(AccessGuardMiddleware {
+        std::future::ready(Ok(AccessGuardMiddleware {
             service: Rc::new(service),
             config: self.config.clone(),
         }))
@@ -175,30 +184,159 @@ where
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = Error;
-    type Future = LocalBoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = GuardFuture<S, B>;
 
     forward_ready!(service);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
-        let service = Rc::clone(&self.service);
-        if self.config.path_kind(req.path()) == PathKind::Excluded {
-            return Box::pin(async move { Ok(service.call(req).await?.map_into_left_body()) });
+        let config = &self.config;
+        let kind = config.path_kind(req.path());
+        if kind == PathKind::Excluded {
+            return GuardFuture::calling(self.service.call(req));
         }
-        let config = Arc::clone(&self.config);
-        Box::pin(async move {
-            let headers = consulted_headers(req.headers());
-            let query = Some(req.query_string());
-            match config.decide(req.path(), query, &headers).await {
-                Decision::Reject(rejection) => {
-                    let response = into_actix(rejection.to_response());
-                    return Ok(req.into_response(response).map_into_right_body());
-                }
-                Decision::Allow(claims) => {
+        // The edge sends the token in its header: found there, it is read
+        // in place and, when no key fetch is needed (a repeated token is a
+        // cache hit), decided here without copying headers or boxing.
+        // Anything else (a cookie, no token) goes through core's extractor
+        // on a copy of the headers it reads.
+        let header = req.headers().get(&TOKEN_HEADER);
+        let decision = if let Some(result) =
+            header.and_then(|raw| config.authenticate_remembered(raw.as_bytes()))
+        {
+            Some(conclude(config, kind, result, &req))
+        } else if let Some(token) = header_token(header) {
+            config
+                .authenticate_token_now(token)
+                .map(|result| conclude(config, kind, result, &req))
+        } else {
+            config.decide_now(
+                req.path(),
+                Some(req.query_string()),
+                &consulted_headers(req.headers()),
+            )
+        };
+        match decision {
+            Some(Decision::Reject(rejection)) => {
+                let response = into_actix(rejection.to_response());
+                GuardFuture::ready(req.into_response(response).map_into_right_body())
+            }
+            Some(decision) => {
+                if let Decision::Allow(claims) = decision {
                     req.extensions_mut().insert(claims);
                 }
-                Decision::Skip | Decision::Anonymous => {}
+                GuardFuture::calling(self.service.call(req))
             }
-            Ok(service.call(req).await?.map_into_left_body())
-        })
+            None => {
+                // The token names a key that is not loaded: wait for it.
+                let service = Rc::clone(&self.service);
+                let config = Arc::clone(config);
+                GuardFuture::waiting(Box::pin(async move {
+                    let headers = consulted_headers(req.headers());
+                    let query = Some(req.query_string());
+                    let result = config.authenticate(&headers).await;
+                    match config.conclude(kind, result, req.path(), query, &headers) {
+                        Decision::Reject(rejection) => {
+                            let response = into_actix(rejection.to_response());
+                            return Ok(req.into_response(response).map_into_right_body());
+                        }
+                        Decision::Allow(claims) => {
+                            req.extensions_mut().insert(claims);
+                        }
+                        Decision::Skip | Decision::Anonymous => {}
+                    }
+                    Ok(service.call(req).await?.map_into_left_body())
+                }))
+            }
+        }
+    }
+}
+
+/// [`AccessConfig::conclude`] for this request; only a refusal reads
+/// other headers (to choose between a redirect and the JSON error).
+fn conclude(
+    config: &AccessConfig,
+    kind: PathKind,
+    result: Result<Arc<portcullis_core::AccessClaims>, portcullis_core::ValidationError>,
+    req: &ServiceRequest,
+) -> Decision {
+    let headers = match result {
+        Ok(_) => http::HeaderMap::new(),
+        Err(_) => consulted_headers(req.headers()),
+    };
+    config.conclude(kind, result, req.path(), Some(req.query_string()), &headers)
+}
+
+pin_project! {
+    /// Response future of [`AccessGuardMiddleware`]: the app's response, a
+    /// rejection, or (only while keys are fetched) a boxed check.
+    pub struct GuardFuture<S, B>
+    where
+        S: Service<ServiceRequest>,
+    {
+        #[pin]
+        state: GuardState<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = GuardStateProj]
+    enum GuardState<S, B>
+    where
+        S: Service<ServiceRequest>,
+    {
+        Calling {
+            #[pin]
+            future: S::Future,
+        },
+        Ready {
+            response: Option<ServiceResponse<EitherBody<B>>>,
+        },
+        Waiting {
+            future: LocalBoxFuture<Result<ServiceResponse<EitherBody<B>>, Error>>,
+        },
+    }
+}
+
+impl<S, B> GuardFuture<S, B>
+where
+    S: Service<ServiceRequest>,
+{
+    fn calling(future: S::Future) -> Self {
+        GuardFuture {
+            state: GuardState::Calling { future },
+        }
+    }
+
+    fn ready(response: ServiceResponse<EitherBody<B>>) -> Self {
+        GuardFuture {
+            state: GuardState::Ready {
+                response: Some(response),
+            },
+        }
+    }
+
+    fn waiting(future: LocalBoxFuture<Result<ServiceResponse<EitherBody<B>>, Error>>) -> Self {
+        GuardFuture {
+            state: GuardState::Waiting { future },
+        }
+    }
+}
+
+impl<S, B> Future for GuardFuture<S, B>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+{
+    type Output = Result<ServiceResponse<EitherBody<B>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            GuardStateProj::Calling { future } => {
+                Poll::Ready(Ok(ready!(future.poll(cx))?.map_into_left_body()))
+            }
+            GuardStateProj::Ready { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("GuardFuture polled after completion"))),
+            GuardStateProj::Waiting { future } => future.as_mut().poll(cx),
+        }
     }
 }

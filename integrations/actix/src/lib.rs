@@ -29,7 +29,7 @@
 //! - [`guard`]: [`AccessGuard`], with path exclusions, optional-login
 //!   paths, [authorization rules](Rule), login redirects for page
 //!   navigations and gRPC statuses; per-scope configuration by wrapping a
-//!   scope in its own guard.
+//!   scope in its own guard; [`GuardFuture`], its response future.
 //! - [`extract`]: [`Identity`], [`AccessClaims`] (`FromRequest`; `Option<_>`
 //!   of either for optional login) and [`AccessError`].
 //! - Re-exported from `portcullis-tower`, whose [`AccessConfig`] both
@@ -53,6 +53,6 @@ pub mod extract;
 pub mod guard;
 
 pub use extract::{AccessClaims, AccessError, Identity, claims_of};
-pub use guard::{AccessGuard, AccessGuardMiddleware};
+pub use guard::{AccessGuard, AccessGuardMiddleware, GuardFuture};
 pub use portcullis_core::Validator;
 pub use portcullis_tower::{AccessConfig, Authorize, Protocol, Rule};
