@@ -8,6 +8,7 @@
 #   benches/load/run.sh                 # prints the markdown table
 #   DURATION=30s CONNS=64 ROUNDS=5 benches/load/run.sh
 #   BEFORE_BIN=/tmp/sidecar-old benches/load/run.sh   # before/after rows in one run
+#   CASES="nginx repeat" RSS=no benches/load/run.sh    # only some rows (quick checks)
 #
 # Every case runs ROUNDS times (default 3), in a different order each round
 # so that drift on a shared machine spreads over all cases; the table shows
@@ -98,10 +99,13 @@ nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
 wait_for "$NGINX_PORT"
 
 # The sidecar; access logs at warn so no row pays for logging (nginx and
-# Apache run without access logs too). Default runtime: one tokio worker per
-# core (2 here), like nginx's worker_processes $THREADS.
+# Apache run without access logs too). --workers $THREADS serving threads
+# (its default is one per core), like nginx's worker_processes $THREADS.
 start_sidecar() { # bin port admin-port -> pid in STARTED_PID
-  RUST_LOG=warn "$1" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" \
+  local workers=()
+  # Binaries from before --workers existed ran one tokio worker per core.
+  "$1" --help | grep -q -- --workers && workers=(--workers "$THREADS")
+  RUST_LOG=warn "$1" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" "${workers[@]}" \
     --team-domain "$TEAM_DOMAIN" --audience "$AUD" --upstream "$UPSTREAM" >>"$WORK/sidecar.log" 2>&1 &
   STARTED_PID=$!; PIDS+=("$STARTED_PID")
   wait_for "$2"
@@ -171,32 +175,36 @@ curl -fs "http://127.0.0.1:$NGINX_PORT/" >/dev/null
 curl -fs -H "Cf-Access-Jwt-Assertion: $TOKEN" "http://127.0.0.1:$SIDECAR_PORT/" >/dev/null
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SIDECAR_PORT/")" = 401 ]
 
-# Sum of user+system CPU ticks of the given pids.
-cpu_ticks() { local t=0 pid; for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$t"; }
+# Sums over the given pids: user and system CPU ticks, and involuntary
+# context switches of all their threads (preemptions).
+cpu_ticks() { local u=0 s=0 pid; for pid in "$@"; do read -r a b < <(awk '{print $14, $15}' "/proc/$pid/stat"); u=$((u + a)); s=$((s + b)); done; echo "$u $s"; }
+preempted() { local n=0 pid; for pid in "$@"; do n=$((n + $(cat /proc/"$pid"/task/*/status | awk '/^nonvoluntary_ctxt_switches/ { s += $2 } END { print s + 0 }'))); done; echo "$n"; }
 NGINX_PIDS=$(pgrep -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')
 CLK_TCK=$(getconf CLK_TCK)
 
-# measure "pids" conns wrk-args... -> "rps p50 p99 cpu_us_per_request" (latencies in ms).
+# measure "pids" conns wrk-args... -> "rps p50 p99 cpu_us user_us sys_us preempted"
+# per request (latencies in ms; "-" without pids).
 measure() {
-  local out pids=$1 t0 t1
+  local out pids=$1 u0 s0 u1 s1 n0 n1
   shift
   # shellcheck disable=SC2086
-  t0=$(cpu_ticks $pids)
+  read -r u0 s0 <<<"$(cpu_ticks $pids)"; n0=$(preempted $pids)
   out=$(wrk -t"$THREADS" -c"$1" -d"$DURATION" --latency "${@:2}")
   # shellcheck disable=SC2086
-  t1=$(cpu_ticks $pids)
+  read -r u1 s1 <<<"$(cpu_ticks $pids)"; n1=$(preempted $pids)
   echo "$out" >"$WORK/last-wrk.txt"
   if grep -q "Non-2xx" <<<"$out"; then
     echo "non-2xx answers during: ${*:2}" >&2; grep "Non-2xx" <<<"$out" >&2
   fi
-  awk -v ticks=$((t1 - t0)) -v hz="$CLK_TCK" -v haspid="$pids" '
+  awk -v ut=$((u1 - u0)) -v st=$((s1 - s0)) -v pre=$((n1 - n0)) -v hz="$CLK_TCK" -v haspid="$pids" '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    function per(x, scale) { return (haspid != "" && n > 0) ? sprintf("%.1f", x * scale / n) : "-" }
     /requests in/ { n=$1 }
     /Requests\/sec/ { rps=$2 }
     $1=="50%" { p50=ms($2) }
     $1=="99%" { p99=ms($2) }
-    END { cpu = (haspid != "" && n > 0) ? sprintf("%.1f", ticks * 1e6 / hz / n) : "-";
-          printf "%.0f %.3f %.3f %s\n", rps, p50, p99, cpu }' <<<"$out"
+    END { printf "%.0f %.3f %.3f %s %s %s %s\n", rps, p50, p99, per(ut + st, 1e6 / hz), per(ut, 1e6 / hz), per(st, 1e6 / hz),
+          (haspid != "" && n > 0) ? sprintf("%.2f", pre / n) : "-" }' <<<"$out"
 }
 
 echo "warming up..." >&2
@@ -205,9 +213,14 @@ wrk -t"$THREADS" -c"$CONNS" -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null
 wrk -t"$THREADS" -c"$CONNS" -d2s -H "Cf-Access-Jwt-Assertion: $TOKEN" "http://127.0.0.1:$SIDECAR_PORT/" >/dev/null
 [ -n "$BEFORE_BIN" ] && wrk -t"$THREADS" -c"$CONNS" -d2s -H "Cf-Access-Jwt-Assertion: $TOKEN" "http://127.0.0.1:$BEFORE_PORT/" >/dev/null
 
-CASES=(direct nginx repeat distinct)
-[ -n "$BEFORE_BIN" ] && CASES+=(before_repeat before_distinct)
-[ "$APACHE" = yes ] && CASES+=(apache)
+if [ -n "${CASES:-}" ]; then
+  CASES_SET=yes
+  read -ra CASES <<<"$CASES"
+else
+  CASES=(direct nginx repeat distinct)
+  [ -n "$BEFORE_BIN" ] && CASES+=(before_repeat before_distinct)
+  [ "$APACHE" = yes ] && CASES+=(apache)
+fi
 run_case() {
   case $1 in
     direct)          measure "" "$CONNS" "$UPSTREAM/" ;;
@@ -233,15 +246,22 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-# Median of the rounds, per column (1 rps, 2 p50, 3 p99, 4 cpu).
+# Median of the rounds, per column (1 rps, 2 p50, 3 p99, 4 cpu, 5 user,
+# 6 system, 7 preemptions).
 median() { # case column
   local r vals=()
   for r in $(seq 1 "$ROUNDS"); do vals+=("$(cut -d' ' -f"$2" <<<"${R[$1,$r]}")"); done
   printf '%s\n' "${vals[@]}" | sort -g | awk '{ v[NR]=$1 } END { if (v[1] == "-") print "-"; else if (NR % 2) print v[(NR+1)/2]; else printf "%.3f\n", (v[NR/2]+v[NR/2+1])/2 }'
 }
 rounds_rps() { local r out=""; for r in $(seq 1 "$ROUNDS"); do out+="${out:+ / }$(cut -d' ' -f1 <<<"${R[$1,$r]}")"; done; echo "$out"; }
+ran() { [[ " ${CASES[*]} " == *" $1 "* ]]; }
 row() { # name case
-  printf "| %s | %.0f | %s | %s | %s | %s |\n" "$1" "$(median "$2" 1)" "$(median "$2" 2)" "$(median "$2" 3)" "$(median "$2" 4)" "$(rounds_rps "$2")"
+  ran "$2" || return 0
+  local cpu
+  cpu=$(median "$2" 4)
+  [ "$cpu" != - ] && cpu=$(printf "%.1f (%.1f + %.1f)" "$cpu" "$(median "$2" 5)" "$(median "$2" 6)")
+  printf "| %s | %.0f | %s | %s | %s | %s | %s |\n" "$1" "$(median "$2" 1)" "$(median "$2" 2)" "$(median "$2" 3)" \
+    "$cpu" "$(median "$2" 7)" "$(rounds_rps "$2")"
 }
 
 # RSS on a fresh sidecar, so the distinct-token runs' verified-token cache
@@ -290,46 +310,50 @@ rss_case() { # bin port admin-port -> "fresh idle busy rps" (KiB)
 }
 kill "$SIDECAR_PID"; wait "$SIDECAR_PID" 2>/dev/null || true
 [ -n "$BEFORE_BIN" ] && { kill "$BEFORE_PID"; wait "$BEFORE_PID" 2>/dev/null || true; }
-echo "sidecar RSS with $MANY_CONNS connections..." >&2
-RSS_AFTER=$(rss_case "$SIDECAR_BIN" "$SIDECAR_PORT" "$ADMIN_PORT")
-[ -n "$BEFORE_BIN" ] && RSS_BEFORE=$(rss_case "$BEFORE_BIN" "$BEFORE_PORT" "$BEFORE_ADMIN_PORT")
+if [ "${RSS:-yes}" != no ]; then
+  echo "sidecar RSS with $MANY_CONNS connections..." >&2
+  RSS_AFTER=$(rss_case "$SIDECAR_BIN" "$SIDECAR_PORT" "$ADMIN_PORT")
+  [ -n "$BEFORE_BIN" ] && RSS_BEFORE=$(rss_case "$BEFORE_BIN" "$BEFORE_PORT" "$BEFORE_ADMIN_PORT")
+fi
 
 echo
 echo "wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, $(nproc) cores, $(uname -r); upstream: hyper hello; $TOKENS distinct tokens"
 echo "load average (1/5/15 min) at the start of each round: $(IFS=';'; echo "${LOADS[*]}" | sed 's/;/; /g')"
 echo
-echo "| setup | requests/s | p50 ms | p99 ms | proxy CPU us/req | requests/s per round |"
-echo "|---|---:|---:|---:|---:|---|"
+echo "| setup | requests/s | p50 ms | p99 ms | proxy CPU us/req (user + system) | preempted/req | requests/s per round |"
+echo "|---|---:|---:|---:|---:|---:|---|"
 row "direct (hyper hello)" direct
 row "nginx proxy_pass" nginx
-if [ -n "$BEFORE_BIN" ]; then
-  row "sidecar before, repeated token" before_repeat
-fi
+row "sidecar before, repeated token" before_repeat
 row "sidecar, repeated token" repeat
-if [ -n "$BEFORE_BIN" ]; then
-  row "sidecar before, distinct tokens" before_distinct
-fi
+row "sidecar before, distinct tokens" before_distinct
 row "sidecar, distinct tokens" distinct
 if [ "$APACHE" = yes ]; then
   row "Apache mod_oauth2" apache
-else
-  echo "| Apache mod_oauth2 | not installed | | | | |"
+elif [ -z "${CASES_SET:-}" ]; then
+  echo "| Apache mod_oauth2 | not installed | | | | | |"
 fi
 echo
 rss_line() { # name "fresh idle busy rps"
   local fresh idle busy rps
   read -r fresh idle busy rps <<<"$2"
-  [ "$idle" != - ] && idle="$((idle / 1024)) MiB" || idle="(no python3)"
-  echo "$1 RSS: fresh $((fresh / 1024)) MiB; $MANY_CONNS open idle keep-alive connections $idle; peak with $MANY_CONNS busy keep-alive connections $((busy / 1024)) MiB ($rps requests/s)"
+  mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB (%.1f MB)", k / 1024, k * 1024 / 1e6 }'; }
+  [ "$idle" != - ] && idle=$(mib "$idle") || idle="(no python3)"
+  echo "$1 RSS: fresh $(mib "$fresh"); $MANY_CONNS open idle keep-alive connections $idle; peak with $MANY_CONNS busy keep-alive connections $(mib "$busy") ($rps requests/s)"
 }
-[ -n "$BEFORE_BIN" ] && rss_line "sidecar before" "$RSS_BEFORE"
-rss_line "sidecar" "$RSS_AFTER"
-awk -v s="$(median repeat 1)" -v n="$(median nginx 1)" -v dp="$(median direct 3)" -v sp="$(median repeat 3)" 'BEGIN {
-  printf "sidecar/nginx requests/s: %.2f (target >= 0.8); p99 added over direct: %.3f ms (target <= 1)\n", s/n, sp-dp }'
-if [ -n "$BEFORE_BIN" ]; then
-  awk -v s="$(median before_repeat 1)" -v n="$(median nginx 1)" -v dp="$(median direct 3)" -v sp="$(median before_repeat 3)" 'BEGIN {
-    printf "sidecar before/nginx requests/s: %.2f; p99 added over direct: %.3f ms\n", s/n, sp-dp }'
+if [ "${RSS:-yes}" != no ]; then
+  [ -n "$BEFORE_BIN" ] && rss_line "sidecar before" "$RSS_BEFORE"
+  rss_line "sidecar" "$RSS_AFTER"
 fi
-if [ "$APACHE" = yes ]; then
+if ran repeat && ran nginx; then
+  awk -v s="$(median repeat 1)" -v n="$(median nginx 1)" 'BEGIN { printf "sidecar/nginx requests/s: %.2f (target >= 0.8)\n", s/n }'
+fi
+if ran repeat && ran direct; then
+  awk -v dp="$(median direct 3)" -v sp="$(median repeat 3)" 'BEGIN { printf "sidecar p99 added over direct: %.3f ms (target <= 1)\n", sp-dp }'
+fi
+if ran before_repeat && ran nginx; then
+  awk -v s="$(median before_repeat 1)" -v n="$(median nginx 1)" 'BEGIN { printf "sidecar before/nginx requests/s: %.2f\n", s/n }'
+fi
+if ran repeat && ran apache; then
   awk -v s="$(median repeat 1)" -v a="$(median apache 1)" 'BEGIN { printf "sidecar/Apache requests/s: %.2f (target >= 2)\n", s/a }'
 fi
