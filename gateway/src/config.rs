@@ -152,6 +152,7 @@ struct RawServer {
     log_format: String,
     tls_cert: Option<String>,
     tls_key: Option<String>,
+    workers: Option<usize>,
 }
 
 fn default_listen() -> String {
@@ -398,6 +399,9 @@ pub struct ServerConfig {
     /// `tls_cert` and `tls_key` (PEM), read and checked at load: the public
     /// listener serves TLS with this configuration when set.
     pub tls: Option<TlsFiles>,
+    /// `workers`: threads serving the public listener, each with its own
+    /// single-threaded runtime (default: one per core; 1–256).
+    pub workers: usize,
 }
 
 /// `[server] tls_cert` / `tls_key`, loaded.
@@ -427,6 +431,7 @@ impl fmt::Debug for ServerConfig {
             .field("admin_listen", &self.admin_listen)
             .field("team_domain", &self.team_domain)
             .field("tls", &self.tls)
+            .field("workers", &self.workers)
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
@@ -724,8 +729,20 @@ fn validate(
             }
         }
     };
+    let workers = match s.workers {
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Some(n) if (1..=256).contains(&n) => n,
+        Some(n) => {
+            issues.push(issue(
+                "server.workers",
+                format!("{n} is out of range; use 1 to 256 (default: one per core)"),
+            ));
+            1
+        }
+    };
     let server = ServerConfig {
         tls,
+        workers,
         listen,
         admin_listen,
         team_domain,
@@ -1653,6 +1670,27 @@ session_duration = "30d"
             assert!(
                 keys.contains(&expected),
                 "{expected} not reported in {keys:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn workers_default_to_the_cores_and_are_bounded() {
+        let dir = std::env::temp_dir();
+        let with = |extra: &str| {
+            Config::from_toml_str(
+                &format!("[server]\nteam_domain = \"http://auth.example.test\"\n{extra}\n"),
+                &dir,
+            )
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(with("").unwrap().server.workers, cores);
+        assert_eq!(with("workers = 3").unwrap().server.workers, 3);
+        for bad in ["workers = 0", "workers = 1000"] {
+            let err = with(bad).unwrap_err();
+            assert!(
+                err.0.iter().any(|i| i.key == "server.workers"),
+                "{bad}: {err:?}"
             );
         }
     }

@@ -65,6 +65,9 @@ pub enum StartError {
     /// Identity providers could not be set up.
     #[error(transparent)]
     Login(#[from] crate::login::LoginSetupError),
+    /// The public listener's worker threads could not be started.
+    #[error("cannot start the public listener's worker threads: {0}")]
+    Workers(#[source] std::io::Error),
 }
 
 /// Storage, keys and tokens opened for a configuration.
@@ -222,12 +225,14 @@ pub async fn start_with_listeners(
             config.service_tokens.max_failures_per_client,
             config.service_tokens.max_failures_per_address,
         ),
+        // Idle origin connections stay with the worker thread that opened them.
         forwarder: Forwarder::new(
             config.server.upstream_connect_timeout,
             config.server.upstream_timeout,
             Duration::from_secs(90),
         )
-        .over_tls(config.server.tls.is_some()),
+        .over_tls(config.server.tls.is_some())
+        .pool_per_thread(),
         config: config.clone(),
         store: services.store.clone(),
         keys: services.keys.clone(),
@@ -260,19 +265,43 @@ pub async fn start_with_listeners(
         gateway.metrics.clone(),
         stopped.clone(),
     ));
+    // The public listener is served thread-per-core: each worker thread
+    // runs a single-threaded runtime accepting on its own handle of the
+    // listening socket and serving its connections start to end (client
+    // connection, admission, storage lookups, pooled origin connection),
+    // with no work-stealing or cross-thread wake-ups per request. The admin
+    // listener and the background jobs stay on this (the main) runtime.
+    // Storage is shared: SQLite connections run on their own threads, and a
+    // PostgreSQL connection is driven by the reactor of the runtime that
+    // opened it, which runs for as long as the gateway does (a connection
+    // whose runtime has stopped fails its liveness check and is replaced).
     let public = {
-        let gw = gateway.clone();
-        tokio::spawn(serve(
-            listener,
-            config
-                .server
-                .tls
-                .as_ref()
-                .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone())),
-            stopped.clone(),
-            config.server.shutdown_grace,
-            move |req, peer| gw.clone().handle(req, peer),
-        ))
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+        let listener = listener.into_std().map_err(StartError::Workers)?;
+        let mut workers = Vec::with_capacity(config.server.workers);
+        for index in 0..config.server.workers {
+            let listener = listener.try_clone().map_err(StartError::Workers)?;
+            workers.push(spawn_worker(
+                index,
+                listener,
+                tls.clone(),
+                stopped.clone(),
+                config.server.shutdown_grace,
+                {
+                    let gw = gateway.clone();
+                    move |req, peer| gw.clone().handle(req, peer)
+                },
+            )?);
+        }
+        tokio::spawn(async move {
+            for done in workers {
+                let _ = done.await;
+            }
+        })
     };
     let admin = {
         let gw = gateway.clone();
@@ -304,6 +333,44 @@ pub async fn start_with_listeners(
         stop,
         done,
     })
+}
+
+/// Starts worker thread `index`: a single-threaded runtime serving what it
+/// accepts on `listener` until `stopped`, then draining (see [`serve`]).
+/// The receiver resolves when the thread is done.
+fn spawn_worker<F, Fut>(
+    index: usize,
+    listener: std::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stopped: watch::Receiver<bool>,
+    grace: Duration,
+    handler: F,
+) -> Result<tokio::sync::oneshot::Receiver<()>, StartError>
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = hyper::Response<crate::response::Body>> + Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Workers)?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("gateway-worker-{index}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => serve(listener, tls, stopped, grace, handler).await,
+                    Err(e) => tracing::error!(error = %e, worker = index, "worker cannot listen"),
+                }
+            });
+            // Ends what is left on this runtime: pooled origin connections
+            // and, past the grace period, relayed upgrades.
+            drop(runtime);
+            let _ = done.send(());
+        })
+        .map_err(StartError::Workers)?;
+    Ok(finished)
 }
 
 async fn background_jobs(gw: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
