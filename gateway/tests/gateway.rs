@@ -43,6 +43,27 @@ on_both_backends!(
     repeated_decisions_share_audit_rows,
 );
 
+/// Presents service credentials to the echo app (200 expected) and returns
+/// the app cookie (`CF_Authorization=…`) the gateway set.
+async fn exchange_for_cookie(h: &Harness, client_id: &str, client_secret: &str) -> String {
+    let r = h
+        .client
+        .get(h.url("echo.test", "/"))
+        .header(CLIENT_ID_HEADER, client_id)
+        .header(CLIENT_SECRET_HEADER, client_secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 async fn body(r: reqwest::Response) -> Value {
     serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
 }
@@ -868,22 +889,7 @@ async fn validations_are_counted_on_the_admin_listener() {
         .create("report-bot", None)
         .await
         .unwrap();
-    let r = h
-        .client
-        .get(h.url("echo.test", "/"))
-        .header(CLIENT_ID_HEADER, &creds.client_id)
-        .header(CLIENT_SECRET_HEADER, &creds.client_secret)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = exchange_for_cookie(&h, &creds.client_id, &creds.client_secret).await;
     for _ in 0..3 {
         let r = h
             .client
@@ -1004,22 +1010,7 @@ async fn repeated_decisions_share_audit_rows(backend: Backend) {
         .create("report-bot", None)
         .await
         .unwrap();
-    let first = h
-        .client
-        .get(h.url("echo.test", "/"))
-        .header(CLIENT_ID_HEADER, &creds.client_id)
-        .header(CLIENT_SECRET_HEADER, &creds.client_secret)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(first.status(), 200);
-    let cookie = first.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = exchange_for_cookie(&h, &creds.client_id, &creds.client_secret).await;
     const N: usize = 40;
     let requests = (0..N).map(|i| {
         h.client
