@@ -450,14 +450,17 @@ fn proxy_service(
     Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 > + Send
 + 'static {
+    // Per request only this connection's own `Arc` is cloned: reference
+    // counts shared by all connections would bounce between the workers'
+    // cores.
     let connection = Arc::new(ConnectionState {
+        shared,
         pipeline: pipeline::Connection::new(peer),
         metrics: Mutex::new(None),
     });
     service_fn(move |req| {
-        let shared = shared.clone();
         let connection = connection.clone();
-        async move { Ok::<_, Infallible>(serve_request(shared, &connection, req).await) }
+        async move { Ok::<_, Infallible>(serve_request(&connection, req).await) }
     })
 }
 
@@ -504,6 +507,11 @@ async fn accept_loop<F, S>(
     S::Future: Send + 'static,
 {
     let mut connections = JoinSet::new();
+    // One stop signal per connection, sent at shutdown: a oneshot receiver
+    // is cheap to poll alongside the connection (the shared watch channel
+    // is checked here only), and touches nothing other threads use.
+    let mut stops: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut prune_at = 64;
     loop {
         tokio::select! {
             _ = stopped(&mut shutdown) => break,
@@ -524,12 +532,19 @@ async fn accept_loop<F, S>(
                 let connection = builder
                     .serve_connection(TokioIo::new(stream), make_service(peer))
                     .with_upgrades();
-                let mut stop = shutdown.clone();
+                let (stop_tx, stop) = oneshot::channel::<()>();
+                if stops.len() >= prune_at {
+                    // Forget the signals of connections that have ended.
+                    stops.retain(|s| !s.is_closed());
+                    prune_at = (stops.len() * 2).max(64);
+                }
+                stops.push(stop_tx);
                 connections.spawn(async move {
                     tokio::pin!(connection);
                     tokio::select! {
+                        biased;
                         _ = connection.as_mut() => {}
-                        _ = stopped(&mut stop) => {
+                        _ = stop => {
                             connection.as_mut().graceful_shutdown();
                             let _ = connection.await;
                         }
@@ -540,6 +555,9 @@ async fn accept_loop<F, S>(
         }
     }
     drop(listener);
+    for stop in stops {
+        let _ = stop.send(());
+    }
     let drained = tokio::time::timeout(drain, async {
         while connections.join_next().await.is_some() {}
     })
@@ -570,8 +588,8 @@ fn clip(s: &str) -> &str {
 /// Per client connection: the pipeline's state and the metric handles of
 /// the previous request (label lookups hash and lock; requests on one
 /// connection mostly repeat their labels).
-#[derive(Debug)]
 struct ConnectionState {
+    shared: Arc<Shared>,
     pipeline: pipeline::Connection,
     metrics: Mutex<Option<MetricHandles>>,
 }
@@ -593,11 +611,8 @@ fn same_route(a: Option<&Arc<Route>>, b: Option<&Arc<Route>>) -> bool {
     }
 }
 
-async fn serve_request(
-    shared: Arc<Shared>,
-    connection: &ConnectionState,
-    request: Request<Incoming>,
-) -> Response<Body> {
+async fn serve_request(connection: &ConnectionState, request: Request<Incoming>) -> Response<Body> {
+    let shared = &connection.shared;
     let started = Instant::now();
     let generation = shared.current.load_full();
     // Copy what the access line needs only when it will be written.

@@ -168,3 +168,37 @@ async fn reload_and_shutdown_reach_every_worker() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_token_is_passed_on_alone() {
+    let s = Setup::new(&["--workers", "2"]).await;
+    let token = s
+        .key
+        .sign(&user_claims(&s.certs.team_domain(), AUD, "ada@example.com"));
+    let url = s.url("/");
+    // The second request is recognised as the token this worker verified.
+    for _ in 0..2 {
+        let a = s
+            .client
+            .get(&url, &[("cf-access-jwt-assertion", &token)])
+            .await;
+        assert_eq!(a.status, 200);
+    }
+    // A second, forged value after the validated one never reaches the app.
+    let a = s
+        .client
+        .get(
+            &url,
+            &[
+                ("cf-access-jwt-assertion", &token),
+                ("cf-access-jwt-assertion", "forged"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, 200);
+    let h = s.upstream.last().headers;
+    let values: Vec<_> = h.get_all("cf-access-jwt-assertion").iter().collect();
+    assert_eq!(values, [token.as_str()]);
+    assert_eq!(h["x-forwarded-email"], "ada@example.com");
+    s.sidecar.shutdown().await;
+}
