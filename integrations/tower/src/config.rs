@@ -177,7 +177,10 @@ impl AccessConfig {
 
     /// How `path` is treated; exclusions win over optional paths.
     pub fn path_kind(&self, path: &str) -> PathKind {
-        if self.excluded.matches(path) {
+        if self.excluded.is_empty() && self.optional.is_empty() {
+            // The common configuration: every path protected.
+            PathKind::Protected
+        } else if self.excluded.matches(path) {
             PathKind::Excluded
         } else if self.optional.matches(path) {
             PathKind::Optional
