@@ -251,19 +251,25 @@ where
     }
 }
 
-/// [`AccessConfig::conclude`] for this request; only a refusal reads
-/// other headers (to choose between a redirect and the JSON error).
+/// [`AccessConfig::conclude`] for this request on a path that is not
+/// excluded: valid claims are let in as they are there; only a refusal
+/// reads other headers (to choose between a redirect and the JSON error).
 fn conclude(
     config: &AccessConfig,
     kind: PathKind,
     result: Result<Arc<portcullis_core::AccessClaims>, portcullis_core::ValidationError>,
     req: &ServiceRequest,
 ) -> Decision {
-    let headers = match result {
-        Ok(_) => http::HeaderMap::new(),
-        Err(_) => consulted_headers(req.headers()),
-    };
-    config.conclude(kind, result, req.path(), Some(req.query_string()), &headers)
+    match result {
+        Ok(claims) => Decision::Allow(claims),
+        Err(error) => config.conclude(
+            kind,
+            Err(error),
+            req.path(),
+            Some(req.query_string()),
+            &consulted_headers(req.headers()),
+        ),
+    }
 }
 
 pin_project! {
