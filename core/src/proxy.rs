@@ -501,7 +501,10 @@ impl Forwarder {
                 },
             }
         }
-        let mut sender = self.pool.connect(authority).await?;
+        // Boxed: connecting is the rare path, and its future (resolver,
+        // connect, handshake) would otherwise size every request's future,
+        // which servers keep allocated per connection and move per request.
+        let mut sender = Box::pin(self.pool.connect(authority)).await?;
         match sender.send_request(request).await {
             Ok(response) => Ok((response, sender)),
             Err(e) => Err(classify(&e)),
