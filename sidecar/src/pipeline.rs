@@ -179,7 +179,13 @@ pub async fn authenticate(
         }
         return Err(ValidationError::MissingToken);
     };
-    let claims = validator.validate(token).await?;
+    let claims = match validator.validate_now(token) {
+        Some(result) => result?,
+        // Only when keys must be fetched first; boxed so that the fetch's
+        // future does not size every request's future (which hyper keeps
+        // allocated per connection and moves per request).
+        None => Box::pin(validator.validate(token)).await?,
+    };
     // Usually the token is the whole `Cf-Access-Jwt-Assertion` value: share
     // it instead of copying it.
     if let Some(value) = header.filter(|v| v.as_bytes() == token.as_bytes()) {
