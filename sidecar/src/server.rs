@@ -2,7 +2,7 @@
 //!
 //! Proxied requests are served thread-per-core, like nginx's worker
 //! processes: `--workers` threads (one per core by default), each running
-//! a single-threaded tokio runtime that accepts on its own handle of the
+//! a single-threaded tokio runtime that accepts on its own `SO_REUSEPORT`
 //! listening socket and serves its connections start to end — the client
 //! connection, the pipeline and the pooled upstream connection (the
 //! forwarder keeps idle connections per thread) all stay on that thread,
@@ -294,9 +294,8 @@ async fn load_keys(keys: KeySource, mut shutdown: watch::Receiver<bool>) {
 pub async fn start(cli: Cli, settings: Settings) -> Result<Running, StartError> {
     let metrics = Metrics::new().map_err(|e| StartError::Internal(format!("metrics: {e}")))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| StartError::Bind {
+    let listeners =
+        bind_proxy(settings.listen, settings.workers).map_err(|source| StartError::Bind {
             key: "listen",
             addr: settings.listen,
             source,
@@ -308,7 +307,7 @@ pub async fn start(cli: Cli, settings: Settings) -> Result<Running, StartError> 
             addr: settings.admin_listen,
             source,
         })?;
-    let addr = listener
+    let addr = listeners[0]
         .local_addr()
         .map_err(|e| StartError::Internal(e.to_string()))?;
     let admin_addr = admin_listener
@@ -328,7 +327,6 @@ pub async fn start(cli: Cli, settings: Settings) -> Result<Running, StartError> 
         .max_header_size(16 * 1024);
     let drain = settings.shutdown_timeout;
     let mode = settings.mode;
-    let workers = settings.workers;
 
     let keys = new_key_source(&settings, &metrics, &shutdown_rx)?;
     let generation = Generation::build(settings, keys, &metrics)?;
@@ -340,16 +338,10 @@ pub async fn start(cli: Cli, settings: Settings) -> Result<Running, StartError> 
         shutdown: shutdown_rx.clone(),
     });
 
-    // Each worker accepts on its own handle (a dup) of the one listening
-    // socket; whichever is free takes the next connection.
-    let listener = listener
-        .into_std()
-        .map_err(|e| StartError::Internal(format!("listener: {e}")))?;
-    let workers = (0..workers)
-        .map(|index| {
-            let listener = listener
-                .try_clone()
-                .map_err(|e| StartError::Internal(format!("listener: {e}")))?;
+    let workers = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(index, listener)| {
             spawn_worker(
                 index,
                 listener,
@@ -360,7 +352,6 @@ pub async fn start(cli: Cli, settings: Settings) -> Result<Running, StartError> 
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    drop(listener);
 
     let mut tasks = JoinSet::new();
     let admin_shared = shared.clone();
@@ -387,6 +378,28 @@ pub async fn start(cli: Cli, settings: Settings) -> Result<Running, StartError> 
         tasks,
         workers,
     })
+}
+
+/// One listening socket per worker, all on `addr` with `SO_REUSEPORT`: the
+/// kernel spreads new connections evenly over the workers (by a hash of
+/// the addresses), where one shared socket lets whichever worker wakes
+/// first take most of them. A plain bind first fails as before when the
+/// address is taken (`SO_REUSEPORT` alone would let a second sidecar join
+/// the group and silently share the traffic), and resolves port 0.
+fn bind_proxy(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
+    (0..workers)
+        .map(|_| {
+            let socket = match addr {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(addr)?;
+            socket.listen(1024)?.into_std()
+        })
+        .collect()
 }
 
 /// Starts worker thread `index`: a single-threaded runtime serving the

@@ -202,3 +202,45 @@ async fn a_repeated_token_is_passed_on_alone() {
     assert_eq!(h["x-forwarded-email"], "ada@example.com");
     s.sidecar.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_listen_address_is_refused_even_by_another_sidecar() {
+    use clap::Parser as _;
+    let s = Setup::new(&["--workers", "2"]).await;
+    let team = s.certs.team_domain();
+    let up = s.upstream.url();
+    let start_on = |listen: String| {
+        let cli = portcullis_sidecar::Cli::try_parse_from([
+            "portcullis-sidecar",
+            "--listen",
+            &listen,
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--team-domain",
+            &team,
+            "--audience",
+            AUD,
+            "--upstream",
+            &up,
+        ])
+        .unwrap();
+        let settings = portcullis_sidecar::Settings::load(&cli).unwrap();
+        portcullis_sidecar::start(cli, settings)
+    };
+    // Its workers' SO_REUSEPORT sockets do not let a second sidecar join.
+    let err = start_on(s.sidecar.addr().to_string()).await.unwrap_err();
+    assert!(
+        err.to_string().starts_with("listen: cannot listen on"),
+        "{err}"
+    );
+    // Nor does anything else listening there.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let err = start_on(other.local_addr().unwrap().to_string())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with("listen: cannot listen on"),
+        "{err}"
+    );
+    s.sidecar.shutdown().await;
+}
