@@ -102,9 +102,10 @@ wait_for "$NGINX_PORT"
 # Apache run without access logs too). --workers $THREADS serving threads
 # (its default is one per core), like nginx's worker_processes $THREADS.
 start_sidecar() { # bin port admin-port -> pid in STARTED_PID
-  local workers=()
+  local workers=() help
   # Binaries from before --workers existed ran one tokio worker per core.
-  "$1" --help | grep -q -- --workers && workers=(--workers "$THREADS")
+  help=$("$1" --help)
+  [[ $help == *--workers* ]] && workers=(--workers "$THREADS")
   RUST_LOG=warn "$1" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" "${workers[@]}" \
     --team-domain "$TEAM_DOMAIN" --audience "$AUD" --upstream "$UPSTREAM" >>"$WORK/sidecar.log" 2>&1 &
   STARTED_PID=$!; PIDS+=("$STARTED_PID")
