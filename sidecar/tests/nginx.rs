@@ -34,6 +34,8 @@ fn readme_snippet() -> String {
     readme[start..end].to_owned()
 }
 
+/// nginx runs as one process (`master_process off`): killing it leaves no
+/// orphaned worker holding the port.
 struct Nginx(std::process::Child);
 
 impl Drop for Nginx {
@@ -73,7 +75,7 @@ async fn readme_nginx_auth_request_snippet_works() {
     std::fs::create_dir_all(&dir).unwrap();
     let d = dir.display();
     let conf = format!(
-        "worker_processes 1;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\nevents {{}}\nhttp {{\n\
+        "master_process off;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\nevents {{}}\nhttp {{\n\
          access_log off;\nclient_body_temp_path {d}/body;\nproxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n{snippet}\n}}\n"
     );
