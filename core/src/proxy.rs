@@ -636,6 +636,39 @@ fn classify(error: &hyper::Error) -> ErrorCode {
     ErrorCode::UpstreamUnavailable
 }
 
+/// Runs `serve` on a new thread called `name`, in a single-threaded tokio
+/// runtime of its own, with `listener` registered there: the worker of a
+/// thread-per-core server (the sidecar's and the gateway's public
+/// listeners). What the runtime still holds when `serve` returns (pooled
+/// upstream connections, relayed upgrades) ends with it; the receiver
+/// resolves after that.
+pub fn spawn_worker<F, Fut>(
+    name: String,
+    listener: std::net::TcpListener,
+    serve: F,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>>
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let thread = name.clone();
+    std::thread::Builder::new().name(name).spawn(move || {
+        runtime.block_on(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => serve(listener).await,
+                Err(e) => tracing::error!(error = %e, worker = %thread, "worker cannot listen"),
+            }
+        });
+        drop(runtime);
+        let _ = done.send(());
+    })?;
+    Ok(finished)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -350,27 +350,12 @@ where
     F: Fn(hyper::Request<hyper::body::Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = hyper::Response<crate::response::Body>> + Send + 'static,
 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(StartError::Workers)?;
-    let (done, finished) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(format!("gateway-worker-{index}"))
-        .spawn(move || {
-            runtime.block_on(async move {
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => serve(listener, tls, stopped, grace, handler).await,
-                    Err(e) => tracing::error!(error = %e, worker = index, "worker cannot listen"),
-                }
-            });
-            // Ends what is left on this runtime: pooled origin connections
-            // and, past the grace period, relayed upgrades.
-            drop(runtime);
-            let _ = done.send(());
-        })
-        .map_err(StartError::Workers)?;
-    Ok(finished)
+    portcullis_core::proxy::spawn_worker(
+        format!("gateway-worker-{index}"),
+        listener,
+        move |listener| serve(listener, tls, stopped, grace, handler),
+    )
+    .map_err(StartError::Workers)
 }
 
 async fn background_jobs(gw: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {

@@ -413,43 +413,26 @@ fn spawn_worker(
     shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) -> Result<oneshot::Receiver<()>, StartError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StartError::Internal(format!("cannot start a worker runtime: {e}")))?;
-    let (done_tx, done_rx) = oneshot::channel();
-    std::thread::Builder::new()
-        .name(format!("sidecar-worker-{index}"))
-        .spawn(move || {
-            runtime.block_on(async move {
-                let listener = match TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(e) => {
-                        tracing::error!(error = %e, worker = index, "worker cannot listen");
-                        return;
-                    }
-                };
-                let accepted = shared
-                    .metrics
-                    .connections
-                    .with_label_values(&[index.to_string().as_str()]);
-                accept_loop(
-                    listener,
-                    builder,
-                    shutdown,
-                    drain,
-                    Some(accepted),
-                    move |peer| proxy_service(shared.clone(), peer),
-                )
-                .await;
-            });
-            // Ends what is left on this runtime: pooled upstream connections
-            // and, past the drain, relayed upgrades.
-            drop(runtime);
-            let _ = done_tx.send(());
-        })
-        .map_err(|e| StartError::Internal(format!("cannot start a worker thread: {e}")))?;
-    Ok(done_rx)
+    portcullis_core::proxy::spawn_worker(
+        format!("sidecar-worker-{index}"),
+        listener,
+        move |listener| async move {
+            let accepted = shared
+                .metrics
+                .connections
+                .with_label_values(&[index.to_string().as_str()]);
+            accept_loop(
+                listener,
+                builder,
+                shutdown,
+                drain,
+                Some(accepted),
+                move |peer| proxy_service(shared.clone(), peer),
+            )
+            .await;
+        },
+    )
+    .map_err(|e| StartError::Internal(format!("cannot start a worker: {e}")))
 }
 
 /// The service for one proxied client connection from `peer`.
