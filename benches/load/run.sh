@@ -10,6 +10,7 @@
 #   BEFORE_BIN=/tmp/sidecar-old benches/load/run.sh   # before/after rows in one run
 #   CASES="nginx repeat" RSS=no benches/load/run.sh    # only some rows (quick checks)
 #   PACED="12 6" benches/load/run.sh     # fixed-load latency rows (see below)
+#   PIN=0:1 WORKERS=1 benches/load/run.sh # wrk and upstream on CPU 0, proxies on CPU 1
 #
 # Every case runs ROUNDS times (default 3), in a different order each round
 # so that drift on a shared machine spreads over all cases; the table shows
@@ -35,6 +36,8 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
+WORKERS=${WORKERS:-$THREADS}
+PIN=${PIN:-}
 TOKENS=${TOKENS:-20000}
 MANY_CONNS=${MANY_CONNS:-1000}
 ROUNDS=${ROUNDS:-3}
@@ -52,6 +55,16 @@ BEFORE_ADMIN_PORT=$((BASE_PORT + 6))
 for tool in wrk nginx; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y wrk nginx" >&2; exit 1; }
 done
+
+# PIN=LOAD:PROXY (CPU lists for taskset) keeps the load tool and the
+# upstream off the proxies' CPUs, as when they are other machines; the
+# proxies then usually run WORKERS=1 (nginx worker_processes, sidecar
+# --workers).
+LOAD=(); PROXY=()
+if [ -n "$PIN" ]; then
+  command -v taskset >/dev/null || { echo "PIN needs taskset (util-linux)" >&2; exit 1; }
+  LOAD=(taskset -c "${PIN%%:*}"); PROXY=(taskset -c "${PIN#*:}")
+fi
 
 cd "$ROOT"
 cargo build --release -q -p portcullis-sidecar --bin portcullis-sidecar --example sidecar_bench_fixture
@@ -79,7 +92,7 @@ wait_for() { # file-or-port
 }
 
 echo "signing $TOKENS tokens..." >&2
-"$FIXTURE_BIN" "$WORK" "$TOKENS" & PIDS+=($!)
+"${LOAD[@]}" "$FIXTURE_BIN" "$WORK" "$TOKENS" & PIDS+=($!)
 wait_for "$WORK/ready"
 # shellcheck disable=SC1091
 source "$WORK/env"
@@ -88,7 +101,7 @@ TOKEN=$(cat "$WORK/token")
 # nginx: plain proxy_pass with keep-alive to the upstream.
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx/nginx.conf" <<CONF
-worker_processes $THREADS;
+worker_processes $WORKERS;
 error_log $WORK/nginx/error.log;
 pid $WORK/nginx.pid;
 events { worker_connections 4096; }
@@ -107,18 +120,18 @@ http {
   }
 }
 CONF
-nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
+"${PROXY[@]}" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
 wait_for "$NGINX_PORT"
 
 # The sidecar; access logs at warn so no row pays for logging (nginx and
-# Apache run without access logs too). --workers $THREADS serving threads
-# (its default is one per core), like nginx's worker_processes $THREADS.
+# Apache run without access logs too). --workers $WORKERS serving threads
+# (its default is one per core), like nginx's worker_processes $WORKERS.
 start_sidecar() { # bin port admin-port -> pid in STARTED_PID
   local workers=() help
   # Binaries from before --workers existed ran one tokio worker per core.
   help=$("$1" --help)
-  [[ $help == *--workers* ]] && workers=(--workers "$THREADS")
-  RUST_LOG=warn "$1" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" "${workers[@]}" \
+  [[ $help == *--workers* ]] && workers=(--workers "$WORKERS")
+  RUST_LOG=warn "${PROXY[@]}" "$1" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" "${workers[@]}" \
     --team-domain "$TEAM_DOMAIN" --audience "$AUD" --upstream "$UPSTREAM" >>"$WORK/sidecar.log" 2>&1 &
   STARTED_PID=$!; PIDS+=("$STARTED_PID")
   wait_for "$2"
@@ -169,7 +182,7 @@ MaxKeepAliveRequests 0
 ProxyPass / $UPSTREAM/
 CONF
   chmod 755 "$WORK"
-  if apache2 -f "$WORK/apache.conf" -k start 2>"$WORK/apache-start.log"; then
+  if "${PROXY[@]}" apache2 -f "$WORK/apache.conf" -k start 2>"$WORK/apache-start.log"; then
     wait_for "$APACHE_PORT"
     if curl -fs -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$APACHE_PORT/" >/dev/null; then
       APACHE=yes
@@ -206,7 +219,7 @@ measure() {
   shift
   # shellcheck disable=SC2086
   read -r u0 s0 <<<"$(cpu_ticks $pids)"; n0=$(preempted $pids); h0=$(host_ticks)
-  out=$(wrk -t"$THREADS" -c"$1" -d"$DURATION" --latency "${@:2}")
+  out=$("${LOAD[@]}" wrk -t"$THREADS" -c"$1" -d"$DURATION" --latency "${@:2}")
   # shellcheck disable=SC2086
   read -r u1 s1 <<<"$(cpu_ticks $pids)"; n1=$(preempted $pids); h1=$(host_ticks)
   echo "$out" >"$WORK/last-wrk.txt"
@@ -226,10 +239,10 @@ measure() {
 }
 
 echo "warming up..." >&2
-wrk -t"$THREADS" -c"$CONNS" -d2s "$UPSTREAM/" >/dev/null
-wrk -t"$THREADS" -c"$CONNS" -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null
-wrk -t"$THREADS" -c"$CONNS" -d2s -H "Cf-Access-Jwt-Assertion: $TOKEN" "http://127.0.0.1:$SIDECAR_PORT/" >/dev/null
-[ -n "$BEFORE_BIN" ] && wrk -t"$THREADS" -c"$CONNS" -d2s -H "Cf-Access-Jwt-Assertion: $TOKEN" "http://127.0.0.1:$BEFORE_PORT/" >/dev/null
+"${LOAD[@]}" wrk -t"$THREADS" -c"$CONNS" -d2s "$UPSTREAM/" >/dev/null
+"${LOAD[@]}" wrk -t"$THREADS" -c"$CONNS" -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null
+"${LOAD[@]}" wrk -t"$THREADS" -c"$CONNS" -d2s -H "Cf-Access-Jwt-Assertion: $TOKEN" "http://127.0.0.1:$SIDECAR_PORT/" >/dev/null
+[ -n "$BEFORE_BIN" ] && "${LOAD[@]}" wrk -t"$THREADS" -c"$CONNS" -d2s -H "Cf-Access-Jwt-Assertion: $TOKEN" "http://127.0.0.1:$BEFORE_PORT/" >/dev/null
 
 if [ -n "${CASES:-}" ]; then
   CASES_SET=yes
@@ -330,7 +343,7 @@ rss_case() { # bin port admin-port -> "fresh idle busy rps" (KiB)
     for _ in $(seq 1 100); do grep -q open "$WORK/hold.txt" 2>/dev/null && break; sleep 0.1; done
     sleep 0.5; idle=$(rss_kib "$pid"); wait "$hold_pid" || true
   fi
-  wrk -t"$THREADS" -c"$MANY_CONNS" -d"$DURATION" -H "Cf-Access-Jwt-Assertion: $TOKEN" \
+  "${LOAD[@]}" wrk -t"$THREADS" -c"$MANY_CONNS" -d"$DURATION" -H "Cf-Access-Jwt-Assertion: $TOKEN" \
     "http://127.0.0.1:$2/" >"$WORK/many.txt" &
   wrk_pid=$!
   busy=$fresh
@@ -350,7 +363,7 @@ if [ "${RSS:-yes}" != no ]; then
 fi
 
 echo
-echo "wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, $(nproc) cores, $(uname -r); upstream: hyper hello; $TOKENS distinct tokens"
+echo "wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, $(nproc) cores, $(uname -r); upstream: hyper hello; $TOKENS distinct tokens; proxy workers: $WORKERS${PIN:+; CPUs: load and upstream ${PIN%%:*}, proxies ${PIN#*:}}"
 echo "load average (1/5/15 min) at the start of each round: $(IFS=';'; echo "${LOADS[*]}" | sed 's/;/; /g')"
 echo
 echo "| setup | requests/s | p50 ms | p99 ms | proxy CPU us/req (user + system) | preempted/req | requests/s per round |"
