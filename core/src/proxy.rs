@@ -636,6 +636,34 @@ fn classify(error: &hyper::Error) -> ErrorCode {
     ErrorCode::UpstreamUnavailable
 }
 
+/// Binds `workers` listening sockets on `addr`, all with `SO_REUSEPORT`,
+/// one for each worker of a thread-per-core server: the kernel spreads
+/// new connections evenly over them (by a hash of the addresses), where
+/// one socket shared by every worker lets whichever wakes first take most
+/// of them. A plain bind comes first, so a taken address is still an
+/// error — also when the holder is another such group, which
+/// `SO_REUSEPORT` alone would join and silently share the traffic with —
+/// and port 0 is resolved to one port for all the sockets. Call it inside
+/// a tokio runtime; pass each socket to [`spawn_worker`].
+pub fn bind_workers(
+    addr: std::net::SocketAddr,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
+    (0..workers.max(1))
+        .map(|_| {
+            let socket = match addr {
+                std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(addr)?;
+            socket.listen(1024)?.into_std()
+        })
+        .collect()
+}
+
 /// Runs `serve` on a new thread called `name`, in a single-threaded tokio
 /// runtime of its own, with `listener` registered there: the worker of a
 /// thread-per-core server (the sidecar's and the gateway's public

@@ -177,24 +177,62 @@ impl RunningGateway {
     }
 }
 
-/// Binds the configured addresses and starts serving.
+/// Binds the configured addresses and starts serving. The public address
+/// gets one `SO_REUSEPORT` socket per worker, so the kernel spreads
+/// connections evenly over the workers (see
+/// [`portcullis_core::proxy::bind_workers`]).
 pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })
-    };
-    let listener = bind(config.server.listen).await?;
-    let admin = bind(config.server.admin_listen).await?;
-    start_with_listeners(config, listener, admin).await
+    let listen = config.server.listen;
+    let public =
+        portcullis_core::proxy::bind_workers(listen, config.server.workers).map_err(|source| {
+            StartError::Bind {
+                addr: listen,
+                source,
+            }
+        })?;
+    let admin_addr = config.server.admin_listen;
+    let admin = TcpListener::bind(admin_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: admin_addr,
+            source,
+        })?;
+    start_on(config, public, admin).await
 }
 
 /// Starts serving on listeners bound by the caller (tests bind port 0).
+/// Every worker accepts on its own handle of `listener` (one socket: the
+/// worker that wakes first takes the connection, so the spread over
+/// workers is less even than [`start`]'s).
 pub async fn start_with_listeners(
     config: Config,
     listener: TcpListener,
     admin_listener: TcpListener,
 ) -> Result<RunningGateway, StartError> {
+    let listener = listener.into_std().map_err(StartError::Workers)?;
+    let public = (0..config.server.workers)
+        .map(|_| listener.try_clone())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StartError::Workers)?;
+    start_on(config, public, admin_listener).await
+}
+
+/// Starts serving: one worker per socket in `public` (all bound to the
+/// same address), the admin API on `admin_listener`.
+async fn start_on(
+    config: Config,
+    public: Vec<std::net::TcpListener>,
+    admin_listener: TcpListener,
+) -> Result<RunningGateway, StartError> {
+    let listen = config.server.listen;
+    let addr = public
+        .first()
+        .ok_or_else(|| StartError::Workers(std::io::Error::other("no listening socket")))?
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
     let services = Services::open(config).await?;
     let login = crate::login::Login::new(
         &services.config,
@@ -242,10 +280,6 @@ pub async fn start_with_listeners(
         metrics,
         login,
     });
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.server.listen,
-        source,
-    })?;
     let admin_addr = admin_listener
         .local_addr()
         .map_err(|source| StartError::Bind {
@@ -266,8 +300,8 @@ pub async fn start_with_listeners(
         stopped.clone(),
     ));
     // The public listener is served thread-per-core: each worker thread
-    // runs a single-threaded runtime accepting on its own handle of the
-    // listening socket and serving its connections start to end (client
+    // runs a single-threaded runtime accepting on its own listening socket
+    // (or handle of the caller's) and serving its connections start to end (client
     // connection, admission, storage lookups, pooled origin connection),
     // with no work-stealing or cross-thread wake-ups per request. The admin
     // listener and the background jobs stay on this (the main) runtime.
@@ -281,10 +315,8 @@ pub async fn start_with_listeners(
             .tls
             .as_ref()
             .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
-        let listener = listener.into_std().map_err(StartError::Workers)?;
-        let mut workers = Vec::with_capacity(config.server.workers);
-        for index in 0..config.server.workers {
-            let listener = listener.try_clone().map_err(StartError::Workers)?;
+        let mut workers = Vec::with_capacity(public.len());
+        for (index, listener) in public.into_iter().enumerate() {
             workers.push(spawn_worker(
                 index,
                 listener,

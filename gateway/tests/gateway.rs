@@ -1080,3 +1080,64 @@ async fn repeated_decisions_share_audit_rows(backend: Backend) {
     assert_eq!(refused["source_ip"], "127.0.0.1");
     h.finish().await;
 }
+
+/// `start` binds the public address itself, one `SO_REUSEPORT` socket per
+/// worker: the gateway serves there on every new connection, and an
+/// address already taken, also by another gateway's workers (whose group
+/// `SO_REUSEPORT` alone would let it join), is refused, not shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_binds_a_socket_per_worker_and_refuses_a_taken_address() {
+    let backend = Backend::sqlite();
+    let echo = common::Echo::start().await;
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, admin_port) = (free_port(), free_port());
+    let text = common::config_text(&backend, port, admin_port, echo.addr, "").replace(
+        "log_format = \"text\"",
+        "log_format = \"text\"\nworkers = 2",
+    );
+    let config = portcullis_gateway::Config::from_toml_str(&text, &backend.dir).unwrap();
+    assert_eq!(config.server.workers, 2);
+    let gw = portcullis_gateway::start(config).await.unwrap();
+    assert_eq!(gw.addr.port(), port);
+    for i in 0..8 {
+        // A client per request: a new connection each time.
+        let r = common::client_for(port)
+            .get(format!("http://public.test:{port}/conn/{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(body(r).await[":path"], format!("/conn/{i}"));
+    }
+
+    let taken = |listen: u16| {
+        let text = text
+            .replace(
+                &format!("listen = \"127.0.0.1:{port}\""),
+                &format!("listen = \"127.0.0.1:{listen}\""),
+            )
+            .replace(
+                &format!("127.0.0.1:{admin_port}"),
+                &format!("127.0.0.1:{}", free_port()),
+            );
+        let config = portcullis_gateway::Config::from_toml_str(&text, &backend.dir).unwrap();
+        async move {
+            match portcullis_gateway::start(config).await {
+                Err(portcullis_gateway::server::StartError::Bind { addr, .. }) => addr.port(),
+                Err(e) => panic!("expected a bind error, got {e}"),
+                Ok(_) => panic!("a second gateway started on a taken address"),
+            }
+        }
+    };
+    assert_eq!(taken(port).await, port);
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    assert_eq!(taken(other_port).await, other_port);
+    gw.shutdown().await;
+}

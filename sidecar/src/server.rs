@@ -294,8 +294,8 @@ async fn load_keys(keys: KeySource, mut shutdown: watch::Receiver<bool>) {
 pub async fn start(cli: Cli, settings: Settings) -> Result<Running, StartError> {
     let metrics = Metrics::new().map_err(|e| StartError::Internal(format!("metrics: {e}")))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let listeners =
-        bind_proxy(settings.listen, settings.workers).map_err(|source| StartError::Bind {
+    let listeners = portcullis_core::proxy::bind_workers(settings.listen, settings.workers)
+        .map_err(|source| StartError::Bind {
             key: "listen",
             addr: settings.listen,
             source,
@@ -378,28 +378,6 @@ pub async fn start(cli: Cli, settings: Settings) -> Result<Running, StartError> 
         tasks,
         workers,
     })
-}
-
-/// One listening socket per worker, all on `addr` with `SO_REUSEPORT`: the
-/// kernel spreads new connections evenly over the workers (by a hash of
-/// the addresses), where one shared socket lets whichever worker wakes
-/// first take most of them. A plain bind first fails as before when the
-/// address is taken (`SO_REUSEPORT` alone would let a second sidecar join
-/// the group and silently share the traffic), and resolves port 0.
-fn bind_proxy(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
-    (0..workers)
-        .map(|_| {
-            let socket = match addr {
-                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-            };
-            socket.set_reuseaddr(true)?;
-            socket.set_reuseport(true)?;
-            socket.bind(addr)?;
-            socket.listen(1024)?.into_std()
-        })
-        .collect()
 }
 
 /// Starts worker thread `index`: a single-threaded runtime serving the
