@@ -286,18 +286,20 @@ done
 
 # Median of the rounds, per column (1 rps, 2 p50, 3 p99, 4 cpu, 5 user,
 # 6 system, 7 preemptions).
+median_of() { # numbers on stdin, one per line ("-" when there are none)
+  sort -g | awk '{ v[NR]=$1 } END { if (NR == 0 || v[1] == "-") print "-"; else if (NR % 2) print v[(NR+1)/2]; else printf "%.3f\n", (v[NR/2]+v[NR/2+1])/2 }'
+}
 median() { # case column
-  local r vals=()
-  for r in $(seq 1 "$ROUNDS"); do vals+=("$(cut -d' ' -f"$2" <<<"${R[$1,$r]}")"); done
-  printf '%s\n' "${vals[@]}" | sort -g | awk '{ v[NR]=$1 } END { if (v[1] == "-") print "-"; else if (NR % 2) print v[(NR+1)/2]; else printf "%.3f\n", (v[NR/2]+v[NR/2+1])/2 }'
+  local r
+  for r in $(seq 1 "$ROUNDS"); do cut -d' ' -f"$2" <<<"${R[$1,$r]}"; done | median_of
 }
-rounds_col() { # case column
-  local r out=""; for r in $(seq 1 "$ROUNDS"); do out+="${out:+ / }$(cut -d' ' -f"$2" <<<"${R[$1,$r]}")"; done; echo "$out"
-}
-rounds_rps() { rounds_col "$1" 1; }
-rounds_p99_steal() { # case -> "p99 (steal %)" per round
-  local r out=""
-  for r in $(seq 1 "$ROUNDS"); do out+="${out:+ / }$(cut -d' ' -f3 <<<"${R[$1,$r]}") ($(cut -d' ' -f8 <<<"${R[$1,$r]}") %)"; done
+rounds_col() { # case column [second column, shown as " (x %)"] -> "a / b / ..." over the rounds
+  local r v out=""
+  for r in $(seq 1 "$ROUNDS"); do
+    v=$(cut -d' ' -f"$2" <<<"${R[$1,$r]}")
+    [ -n "${3:-}" ] && v+=" ($(cut -d' ' -f"$3" <<<"${R[$1,$r]}") %)"
+    out+="${out:+ / }$v"
+  done
   echo "$out"
 }
 ran() { [[ " ${CASES[*]} " == *" $1 "* ]]; }
@@ -307,7 +309,7 @@ row() { # name case
   cpu=$(median "$2" 4)
   [ "$cpu" != - ] && cpu=$(printf "%.1f (%.1f + %.1f)" "$cpu" "$(median "$2" 5)" "$(median "$2" 6)")
   printf "| %s | %.0f | %s | %s | %s | %s | %s |\n" "$1" "$(median "$2" 1)" "$(median "$2" 2)" "$(median "$2" 3)" \
-    "$cpu" "$(median "$2" 7)" "$(rounds_rps "$2")"
+    "$cpu" "$(median "$2" 7)" "$(rounds_col "$2" 1)"
 }
 
 # RSS on a fresh sidecar, so the distinct-token runs' verified-token cache
@@ -383,7 +385,7 @@ paced_row() { # name case
   ran "$2" || return 0
   local base=paced_direct@${2#*@}
   printf "| %s | %s | %.0f | %s | %s | %s | %s |\n" "$1" "${2#*@}" "$(median "$2" 1)" "$(median "$2" 2)" "$(median "$2" 3)" \
-    "$(awk -v p="$(median "$2" 3)" -v d="$(median "$base" 3)" 'BEGIN { printf "%+.3f", p - d }')" "$(rounds_p99_steal "$2")"
+    "$(awk -v p="$(median "$2" 3)" -v d="$(median "$base" 3)" 'BEGIN { printf "%+.3f", p - d }')" "$(rounds_col "$2" 3 8)"
 }
 if [ -n "$PACED" ] && ran "paced_direct@${PACED%% *}"; then
   echo
@@ -431,10 +433,9 @@ for p in $PACED; do
       awk -v a="$ds" -v b="$ss" -v q="$QUIET_STEAL" 'BEGIN { exit !(a < q && b < q) }' && quiet+=("$(awk -v a="$sp" -v b="$dp" 'BEGIN { print a - b }')")
     done
     if [ ${#quiet[@]} -gt 0 ]; then
-      printf '%s\n' "${quiet[@]}" | sort -g | awk -v c="$c" -v p="$p" -v q="$QUIET_STEAL" -v all="$ROUNDS" '{ v[NR] = $1 }
-        END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-              printf "  ... in the %d of %d rounds with host steal below %s %% in both cases: median %.3f ms, per round", NR, all, q, m
-              for (i = 1; i <= NR; i++) printf " %.3f", v[i]; printf "\n" }'
+      printf "  ... in the %d of %d rounds with host steal below %s %% in both cases: median %.3f ms, per round%s\n" \
+        "${#quiet[@]}" "$ROUNDS" "$QUIET_STEAL" "$(printf '%s\n' "${quiet[@]}" | median_of)" \
+        "$(printf '%s\n' "${quiet[@]}" | sort -g | xargs printf ' %.3f')"
     else
       echo "  ... no round had host steal below $QUIET_STEAL % in both cases"
     fi

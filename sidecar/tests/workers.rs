@@ -205,28 +205,11 @@ async fn a_repeated_token_is_passed_on_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_listen_address_is_refused_even_by_another_sidecar() {
-    use clap::Parser as _;
     let s = Setup::new(&["--workers", "2"]).await;
     let team = s.certs.team_domain();
     let up = s.upstream.url();
-    let start_on = |listen: String| {
-        let cli = portcullis_sidecar::Cli::try_parse_from([
-            "portcullis-sidecar",
-            "--listen",
-            &listen,
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--team-domain",
-            &team,
-            "--audience",
-            AUD,
-            "--upstream",
-            &up,
-        ])
-        .unwrap();
-        let settings = portcullis_sidecar::Settings::load(&cli).unwrap();
-        portcullis_sidecar::start(cli, settings)
-    };
+    let args = ["--team-domain", &team, "--audience", AUD, "--upstream", &up];
+    let start_on = |listen: String| async move { common::start_sidecar(&listen, &args).await };
     // Its workers' SO_REUSEPORT sockets do not let a second sidecar join.
     let err = start_on(s.sidecar.addr().to_string()).await.unwrap_err();
     assert!(

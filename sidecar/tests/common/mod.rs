@@ -279,17 +279,26 @@ impl Client {
 
 /// Runs the sidecar in-process with these flags (listen and admin on port 0).
 pub async fn sidecar(args: &[&str]) -> Running {
+    start_sidecar("127.0.0.1:0", args).await.unwrap()
+}
+
+/// Starts the sidecar in-process listening on `listen` (admin on port 0)
+/// with these flags; the start's own error when it cannot.
+pub async fn start_sidecar(
+    listen: &str,
+    args: &[&str],
+) -> Result<Running, portcullis_sidecar::StartError> {
     let mut all = vec![
         "portcullis-sidecar",
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--admin-listen",
         "127.0.0.1:0",
     ];
     all.extend_from_slice(args);
     let cli = Cli::try_parse_from(all).unwrap();
     let settings = Settings::load(&cli).unwrap();
-    portcullis_sidecar::start(cli, settings).await.unwrap()
+    portcullis_sidecar::start(cli, settings).await
 }
 
 /// Certs endpoint, key and a basic in-process sidecar in front of `upstream`.
